@@ -1,0 +1,3 @@
+from mastosync.cli import main
+
+main()

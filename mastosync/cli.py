@@ -1,0 +1,257 @@
+"""The command line: parse options, load configuration, call the pipeline, map errors to exit codes.
+
+No logic lives here. Every MastosyncError becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from mastosync import __version__, config, layout
+from mastosync.errors import MastosyncError
+from mastosync.redact import redact
+
+TYPE_HELP = (
+    "Object type to process: "
+    + ", ".join(layout.TYPE_NAMES)
+    + ". Repeat for several. Without --type (or with --all): all four."
+)
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """ISO-8601 date or datetime → naive UTC, as Mastodon stores its timestamps."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO-8601 date or datetime (e.g. 2026-05-01 or 2026-05-01T12:00:00Z)"
+        ) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    return parse_since(value)
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        help=f"Configuration file. Default: ${config.ENV_PATH}, else ./{config.DEFAULT_PATH}.",
+    )(f)
+
+
+def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--all", "all_types", is_flag=True, help="Process all four types (the default)."
+    )(f)
+    f = click.option(
+        "--type",
+        "types",
+        multiple=True,
+        type=click.Choice(layout.TYPE_NAMES),
+        metavar="TYPE",
+        help=TYPE_HELP,
+    )(f)
+    return f
+
+
+def limit_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Only the first N records (by id) of each type.",
+    )(f)
+
+
+def since_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--since",
+        metavar="TIME",
+        callback=_since_callback,
+        help="Only attachments updated at or after TIME (ISO-8601 date or datetime; "
+        "without a zone, UTC). Use the start time of the first run for the cut-over catch-up.",
+    )(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(f)
+
+
+def chosen_types(types: tuple[str, ...], all_types: bool) -> tuple[str, ...]:
+    if all_types or not types:
+        return layout.TYPE_NAMES
+    return tuple(dict.fromkeys(types))  # keep the user's order, drop repeats
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mastosync")
+def cli() -> None:
+    """Copy a Mastodon instance's media from one S3-compatible bucket to another.
+
+    mastosync reads the instance's PostgreSQL database, works out the exact object
+    keys Mastodon wrote for every record, and copies those objects: orphans stay
+    behind, headers and ACLs come along, interrupted runs resume, and `verify`
+    proves the destination is complete.
+
+    The usual migration: `dry-run` to check, `run --all` while the instance keeps
+    running, switch Mastodon to the new bucket, `run --all --since <start of the
+    first run>` to catch up, then `verify --all`.
+
+    Exit codes: 0 success; 1 objects failed to copy (or verify found gaps);
+    2 bad usage, bad configuration or an unreachable service; 130 Ctrl-C; 143 SIGTERM.
+    """
+
+
+@cli.command()
+@config_option
+@selection_options
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    metavar="N",
+    help="Objects copied at once (default: sync.concurrency from the configuration).",
+)
+@limit_option
+@since_option
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Ignore saved progress and go through every record again "
+    "(objects already at the destination with the same size are still skipped).",
+)
+def run(
+    config_path: str | None,
+    types: tuple[str, ...],
+    all_types: bool,
+    concurrency: int | None,
+    limit: int | None,
+    since: datetime | None,
+    restart: bool,
+) -> None:
+    """Copy every object the database references to the destination bucket.
+
+    Objects already at the destination with the same size are skipped without moving
+    data. Progress is saved as it goes; Ctrl-C stops cleanly and the next run resumes.
+    A report of failed and missing objects is written under sync.state_dir.
+    """
+    from mastosync import pipeline
+
+    settings = _load(config_path)
+    pipeline.run(
+        settings,
+        pipeline.Request(
+            types=chosen_types(types, all_types),
+            limit=limit,
+            since=since,
+            concurrency=concurrency or settings.sync.concurrency,
+            restart=restart,
+        ),
+    )
+
+
+@cli.command("dry-run")
+@config_option
+@selection_options
+@limit_option
+@since_option
+@json_option
+def dry_run(
+    config_path: str | None,
+    types: tuple[str, ...],
+    all_types: bool,
+    limit: int | None,
+    since: datetime | None,
+    as_json: bool,
+) -> None:
+    """Print, one line per object, what `run` would copy: type, id, source key, destination key.
+
+    Reads the database only (through the SSH tunnel when configured); writes nothing
+    anywhere and needs no bucket credentials.
+    """
+    from mastosync import pipeline
+
+    settings = _load(config_path)
+    pipeline.dry_run(
+        settings,
+        pipeline.Request(types=chosen_types(types, all_types), limit=limit, since=since),
+        as_json=as_json,
+    )
+
+
+@cli.command()
+@config_option
+@selection_options
+@limit_option
+@since_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    metavar="N",
+    help="Objects checked at once (default: sync.concurrency).",
+)
+@json_option
+def verify(
+    config_path: str | None,
+    types: tuple[str, ...],
+    all_types: bool,
+    limit: int | None,
+    since: datetime | None,
+    concurrency: int | None,
+    as_json: bool,
+) -> None:
+    """Check that every object present at the source is at the destination with the same size.
+
+    Prints each object that is absent or different at the destination, and those the
+    database references but the source lacks. Exit 1 when the destination lacks
+    anything the source has.
+    """
+    from mastosync import pipeline
+
+    settings = _load(config_path)
+    pipeline.verify(
+        settings,
+        pipeline.Request(
+            types=chosen_types(types, all_types),
+            limit=limit,
+            since=since,
+            concurrency=concurrency or settings.sync.concurrency,
+        ),
+        as_json=as_json,
+    )
+
+
+def _load(config_path: str | None) -> config.Settings:
+    settings = config.load(config.config_path(config_path))
+    redact.add(settings.secrets)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every known failure into one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="mastosync", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mastosync: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MastosyncError as exc:
+        click.echo(redact(f"mastosync: error: {exc}"), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("mastosync: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,324 @@
+"""Configuration: a TOML file plus MASTOSYNC_<SECTION>_<KEY> overrides → frozen settings.
+
+The schema is the dataclasses below; each field's metadata says how to read and check it.
+Everything is validated here, once, so the rest of the program never sees a bad value.
+Every problem raises ConfigError naming the key; values of secret keys are never echoed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mastosync.errors import ConfigError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+DEFAULT_PATH = "config.toml"
+ENV_PATH = "MASTOSYNC_CONFIG"
+ACLS = (
+    "",
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+
+
+def _opt(default: Any, **meta: Any) -> Any:
+    """A field with a default; meta: secret, kind (size|path), min, max, choices."""
+    return field(default=default, repr=not meta.get("secret", False), metadata=meta)
+
+
+def _required(**meta: Any) -> Any:
+    return field(metadata={**meta, "required": True})
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    host: str = _opt("127.0.0.1")
+    port: int = _opt(5432, min=1, max=65535)
+    name: str = _opt("mastodon_production")
+    user: str = _opt("mastodon")
+    password: str = _opt("", secret=True)
+    connect_timeout: float = _opt(15.0, min=0.1, max=600)
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    enabled: bool = _opt(False)
+    host: str = _opt("")
+    port: int = _opt(22, min=1, max=65535)
+    user: str = _opt("")
+    key_file: str = _opt("", kind="path")
+    passphrase: str = _opt("", secret=True)
+    password: str = _opt("", secret=True)
+    known_hosts: str = _opt("~/.ssh/known_hosts", kind="path")
+    keepalive_interval: float = _opt(15.0, min=1, max=3600)
+    connect_timeout: float = _opt(15.0, min=0.1, max=600)
+
+
+@dataclass(frozen=True)
+class BucketSettings:
+    bucket: str = _required()
+    endpoint: str = _opt("")
+    region: str = _opt("us-east-1")
+    access_key_id: str = _opt("", secret=True)
+    secret_access_key: str = _opt("", secret=True)
+    session_token: str = _opt("", secret=True)
+    key_prefix: str = _opt("")
+    addressing_style: str = _opt("path", choices=("path", "virtual", "auto"))
+
+    def full_key(self, key: str) -> str:
+        """The bucket key of an object whose Mastodon path is `key`."""
+        prefix = self.key_prefix.strip("/")
+        return f"{prefix}/{key}" if prefix else key
+
+    def same_place_as(self, other: BucketSettings) -> bool:
+        """True when both sides are one account on one endpoint (server-side copy works)."""
+        return (
+            self.endpoint == other.endpoint
+            and self.region == other.region
+            and self.access_key_id == other.access_key_id
+            and self.secret_access_key == other.secret_access_key
+        )
+
+
+@dataclass(frozen=True)
+class DestinationSettings(BucketSettings):
+    acl: str = _opt("public-read", choices=ACLS)
+    storage_class: str = _opt("")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    concurrency: int = _opt(32, min=1, max=1024)
+    include_remote: bool = _opt(True)
+    multipart_threshold: int = _opt(16 * MiB, kind="size", min=5 * MiB, max=5 * GiB)
+    part_size: int = _opt(8 * MiB, kind="size", min=5 * MiB, max=5 * GiB)
+    state_dir: str = _opt(".mastosync", kind="path")
+    retries: int = _opt(8, min=0, max=100)
+    timeout: float = _opt(60.0, min=1, max=3600)
+    progress_interval: float = _opt(5.0, min=0.1, max=3600)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    ssh: SshSettings
+    source: BucketSettings
+    destination: DestinationSettings
+    sync: SyncSettings
+    path: Path
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every non-empty secret value, for scrubbing output."""
+        found = []
+        for section in (self.database, self.ssh, self.source, self.destination, self.sync):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if f.metadata.get("secret") and value:
+                    found.append(value)
+        return found
+
+
+SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings,
+    "ssh": SshSettings,
+    "source": BucketSettings,
+    "destination": DestinationSettings,
+    "sync": SyncSettings,
+}
+REQUIRED_SECTIONS = ("source", "destination")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": GiB,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1024 * GiB,
+    "tb": 1000**4,
+    "tib": 1024 * GiB,
+}
+
+
+def parse_size(text: str) -> int:
+    """'16MiB' → 16777216; '8MB' → 8000000; '1024' → 1024. ValueError when unreadable."""
+    match = _SIZE.match(text)
+    if not match or (match.group(2) or "").lower() not in _UNITS:
+        raise ValueError(text)
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def format_size(n: float) -> str:
+    """Bytes in binary units for people: 16777216 → '16.0 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def config_path(option: str | None) -> Path:
+    """--config, else $MASTOSYNC_CONFIG, else ./config.toml."""
+    return Path(option or os.environ.get(ENV_PATH) or DEFAULT_PATH).expanduser()
+
+
+def load(path: Path, environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration at `path`, with environment overrides."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            None, f"file {path} not found (give --config PATH or set {ENV_PATH})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(None, f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, f"{path} is not valid TOML: {exc}") from None
+
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(name, f"unknown section (expected one of {', '.join(SECTIONS)})")
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(name, "expected a table, such as [" + name + "]")
+        if name in REQUIRED_SECTIONS and name not in raw and not _env_keys(name, cls, environ):
+            raise ConfigError(name, "section is required")
+        sections[name] = _section(name, cls, table, environ)
+    settings = Settings(path=path, **sections)
+    _check_together(settings)
+    return settings
+
+
+def _env_keys(section: str, cls: type, environ: typing.Mapping[str, str]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if _env_name(section, f.name) in environ]
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"MASTOSYNC_{section}_{key}".upper()
+
+
+def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mapping[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{name}.{key}", f"unknown key (known keys: {', '.join(known)})"
+            )
+    values: dict[str, Any] = {}
+    for key, f in known.items():
+        where = f"{name}.{key}"
+        env = _env_name(name, key)
+        if env in environ:
+            values[key] = _from_env(where, environ[env], hints[key], f.metadata)
+        elif key in table:
+            values[key] = _coerce(where, table[key], hints[key], f.metadata)
+        elif f.metadata.get("required"):
+            raise ConfigError(where, f"required key is missing (or set {env})")
+        else:
+            continue
+        _check(where, values[key], f.metadata)
+    return cls(**values)
+
+
+def _describe(value: Any, meta: typing.Mapping[str, Any]) -> str:
+    return "a value" if meta.get("secret") else repr(value)
+
+
+def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) -> Any:
+    """A TOML value → the field's type; TOML already typed it, so only check and convert."""
+    shown = _describe(value, meta)
+    if meta.get("kind") == "size":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected a size such as \"8MiB\" or a number of bytes, got {shown}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected true or false, got {shown}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected an integer, got {shown}")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(where, f"expected a number, got {shown}")
+    if isinstance(value, str):
+        return str(Path(value).expanduser()) if meta.get("kind") == "path" and value else value
+    raise ConfigError(where, f"expected a string, got {shown}")
+
+
+def _from_env(where: str, text: str, kind: type, meta: typing.Mapping[str, Any]) -> Any:
+    """An environment string → the field's type, with the same errors as the file."""
+    env_where = f"{where} (from the environment)"
+    if meta.get("kind") == "size" or kind is str:
+        return _coerce(env_where, text, kind, meta)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(env_where, f"expected true or false, got {_describe(text, meta)}")
+    try:
+        return kind(text.strip())
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(env_where, f"expected {expected}, got {_describe(text, meta)}") from None
+
+
+def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        options = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(where, f"expected one of {options}, got {_describe(value, meta)}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low or high is not None and value > high:
+        if meta.get("kind") == "size":
+            span = f"between {format_size(low)} and {format_size(high)}"
+        else:
+            span = f"between {low} and {high}"
+        raise ConfigError(where, f"expected a value {span}, got {_describe(value, meta)}")
+
+
+def _check_together(settings: Settings) -> None:
+    """Rules that involve more than one key."""
+    for name in ("source", "destination"):
+        endpoint = getattr(settings, name).endpoint
+        if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
+            raise ConfigError(
+                f"{name}.endpoint", "expected a URL such as https://s3.example.com"
+            )
+        if not getattr(settings, name).bucket:
+            raise ConfigError(f"{name}.bucket", "must not be empty")
+    if settings.ssh.enabled:
+        for key in ("host", "user"):
+            if not getattr(settings.ssh, key):
+                raise ConfigError(f"ssh.{key}", "required when ssh.enabled is true")

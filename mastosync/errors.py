@@ -1,0 +1,79 @@
+"""The errors mastosync reports to its user, and the exit code each one means.
+
+Every error that can reach the command line is one of these; the CLI prints its
+message on one line and exits with its code. Nothing else escapes as a traceback.
+
+    MastosyncError                    exit 2 unless a subclass says otherwise
+    ├── UsageError                    bad option value on the command line
+    ├── ConfigError                   configuration file or environment; names the key
+    ├── ConnectError                  something the run needs cannot be reached
+    │   ├── DatabaseError             PostgreSQL: refused, bad password, missing table
+    │   ├── TunnelError               SSH: refused, host key, authentication, forward
+    │   └── BucketError               S3: endpoint unreachable, credentials, no bucket
+    ├── ObjectsFailed                 exit 1: the run finished but some objects failed
+    ├── VerifyGaps                    exit 1: verify found objects absent or different
+    └── Interrupted                   exit 130 (SIGINT) or 143 (SIGTERM); progress saved
+
+Messages never contain secrets: callers build them from key names and hosts, never
+from configuration values that may hold a password.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class MastosyncError(Exception):
+    """Base of every error shown to the user."""
+
+    exit_code = 2
+
+
+class UsageError(MastosyncError):
+    """A command-line option has a value mastosync cannot use."""
+
+
+class ConfigError(MastosyncError):
+    """The configuration is missing, unreadable, or has a bad key or value."""
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"configuration: {key}: {problem}" if key else f"configuration: {problem}")
+
+
+class ConnectError(MastosyncError):
+    """A service the run needs cannot be reached or refuses us."""
+
+
+class DatabaseError(ConnectError):
+    """PostgreSQL is unreachable, refuses the login, or lacks what we read."""
+
+
+class TunnelError(ConnectError):
+    """The SSH tunnel to the database cannot be opened."""
+
+
+class BucketError(ConnectError):
+    """An S3 endpoint or bucket is unreachable or refuses our credentials."""
+
+
+class ObjectsFailed(MastosyncError):
+    """Some objects could not be copied; the report lists them."""
+
+    exit_code = 1
+
+
+class VerifyGaps(MastosyncError):
+    """The destination lacks objects the source has, or holds them with another size."""
+
+    exit_code = 1
+
+
+class Interrupted(MastosyncError):
+    """The run was stopped by a signal after saving its progress."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; progress saved")

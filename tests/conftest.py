@@ -1,0 +1,195 @@
+"""Session-wide real servers and per-test databases, buckets and configurations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.services.postgres import PostgresServer
+from tests.services.s3 import SERVERS, S3Server
+from tests.services.schema import schema_sql
+from tests.services.ssh import AsyncsshServer
+
+ROOT = Path(__file__).resolve().parents[1]
+DB_USER = "mastodon"
+DB_PASSWORD = "db-test-password-7f3a"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    server.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class MastodonDb:
+    """A fresh database with Mastodon's media tables, owned by the `mastodon` role."""
+
+    server: PostgresServer
+    name: str
+    shape: str
+    user: str = DB_USER
+    password: str = DB_PASSWORD
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn(self.name, self.user, self.password)
+
+    async def connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.dsn)
+
+    async def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        from tests.services.schema import insert_rows
+
+        conn = await self.connect()
+        try:
+            await insert_rows(conn, table, rows)
+        finally:
+            await conn.close()
+
+
+async def make_db(server: PostgresServer, shape: str) -> MastodonDb:
+    name = f"mastodon_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server.dsn())
+    try:
+        await admin.execute(f"CREATE DATABASE {name} OWNER {DB_USER}")
+    finally:
+        await admin.close()
+    db = MastodonDb(server, name, shape)
+    conn = await db.connect()
+    try:
+        await conn.execute(schema_sql(shape))
+    finally:
+        await conn.close()
+    return db
+
+
+@pytest.fixture
+async def mastodon_db(postgres: PostgresServer, request: pytest.FixtureRequest) -> MastodonDb:
+    """A Mastodon 4.6 database; parametrize indirectly with "4.2" for the older shape."""
+    return await make_db(postgres, getattr(request, "param", "4.6"))
+
+
+_servers: dict[str, S3Server] = {}
+
+
+@pytest.fixture(scope="session")
+def s3_servers() -> Iterator[dict[str, S3Server]]:
+    try:
+        yield _servers
+    finally:
+        for server in _servers.values():
+            server.stop()
+
+
+def _server(kind: str, pool: dict[str, S3Server]) -> S3Server:
+    if kind not in pool:
+        pool[kind] = SERVERS[kind]().start()
+    return pool[kind]
+
+
+@pytest.fixture(params=list(SERVERS))
+def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """Each S3 server in turn: the storage and end-to-end suites run against both."""
+    return _server(request.param, s3_servers)
+
+
+@pytest.fixture
+def moto(s3_servers: dict[str, S3Server]) -> S3Server:
+    return _server("moto", s3_servers)
+
+
+@pytest.fixture
+def rclone(s3_servers: dict[str, S3Server]) -> S3Server:
+    return _server("rclone", s3_servers)
+
+
+def new_bucket(server: S3Server, label: str) -> str:
+    return server.create_bucket(f"{label}-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def ssh_server() -> Iterator[AsyncsshServer]:
+    server = AsyncsshServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- running the CLI as a user does -----------------------------------------------------
+
+
+def write_config(path: Path, *, db: MastodonDb | None = None, source: tuple[S3Server, str] | None = None,
+                 destination: tuple[S3Server, str] | None = None,
+                 source_endpoint: str | None = None, destination_endpoint: str | None = None,
+                 extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A mastosync config file for the given test services; `extra` adds or overrides keys."""
+    sections: dict[str, dict[str, Any]] = {}
+    if db is not None:
+        sections["database"] = {"host": db.server.host, "port": db.server.port, "name": db.name,
+                                "user": db.user, "password": db.password}
+    for name, side, endpoint in (("source", source, source_endpoint),
+                                 ("destination", destination, destination_endpoint)):
+        if side is not None:
+            server, bucket = side
+            sections[name] = {"endpoint": endpoint or server.endpoint, "region": "us-east-1",
+                              "bucket": bucket, "access_key_id": server.access_key,
+                              "secret_access_key": server.secret_key}
+    sections.setdefault("sync", {})["state_dir"] = str(path.parent / "state")
+    for name, values in (extra or {}).items():
+        sections.setdefault(name, {}).update(values)
+    path.write_text(to_toml(sections))
+    return path
+
+
+def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    import json
+
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = str(value)
+            else:
+                text = json.dumps(str(value))
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_cli(*args: str, config: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m mastosync ARGS` in a subprocess, as a user would (stdout not a terminal)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "mastosync", *args]
+    if config is not None and args:
+        argv[4:4] = ["--config", str(config)]  # after the command name
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=str(cwd or ROOT))
+
+
+@pytest.fixture
+async def db_conn(mastodon_db: MastodonDb) -> AsyncIterator[asyncpg.Connection]:
+    conn = await mastodon_db.connect()
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,302 @@
+"""A fault-injecting HTTP/1.1 proxy to put in front of an S3 server.
+
+With a seeded random generator it answers a share of requests with 503 SlowDown or
+500 InternalError, resets connections, truncates response bodies mid-stream and adds
+latency; it can also refuse every connection ("down"). It counts requests by S3
+operation so tests can assert what a client really sent. It runs its own event loop
+in a thread, so it serves both in-process async tests and CLI subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+from tests.services.process import free_port
+
+SLOWDOWN = (
+    b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+INTERNAL = (
+    b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>"
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+
+
+@dataclass
+class Faults:
+    """Shares of requests (0..1) that get each fault; decided in this order."""
+
+    slowdown: float = 0.0  # 503 SlowDown
+    internal: float = 0.0  # 500 InternalError
+    reset: float = 0.0  # connection closed without an answer
+    truncate: float = 0.0  # GET bodies cut in the middle, then the connection closed
+    latency: float = 0.0  # seconds added …
+    latency_share: float = 1.0  # … to this share of requests
+    only_methods: tuple[str, ...] = ()  # faults only for these HTTP methods (empty: all)
+
+
+@dataclass
+class Counters:
+    operations: collections.Counter[str] = field(default_factory=collections.Counter)
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    put_bytes: int = 0
+    timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
+
+
+def operation(method: str, target: str, headers: dict[str, str]) -> str:
+    """The S3 operation of a request, from its method, query and headers."""
+    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+    path = urlsplit(target).path.strip("/")
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPart"
+        if "x-amz-copy-source" in headers:
+            return "CopyObject"
+        if "acl" in query:
+            return "PutObjectAcl"
+        return "PutObject" if "/" in path else "CreateBucket"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    if method == "HEAD":
+        return "HeadObject" if "/" in path else "HeadBucket"
+    if method == "GET":
+        if "/" not in path:
+            return "ListMultipartUploads" if "uploads" in query else "ListObjects"
+        return "GetObject"
+    return method
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, seed: int = 1234, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.faults = Faults()
+        self.counters = Counters()
+        self.random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="faultproxy")
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # -- control, from any thread ---------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def stop(self) -> None:
+        self._call(self._close(drop=True))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def set_faults(self, **shares: float | tuple[str, ...]) -> None:
+        with self._lock:
+            self.faults = Faults(**shares)  # type: ignore[arg-type]
+
+    def set_down(self, down: bool) -> None:
+        """Down: the port refuses connections and open ones are reset."""
+        self._call(self._close(drop=True) if down else self._listen())
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.counters = Counters()
+
+    def count(self, *ops: str) -> int:
+        with self._lock:
+            return sum(self.counters.operations[o] for o in ops)
+
+    def _call(self, coro) -> None:  # type: ignore[no-untyped-def]
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port,
+                                                      reuse_address=True)
+
+    async def _close(self, drop: bool) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if drop:
+            for w in list(self._writers):
+                _abort(w)
+
+    # -- serving ---------------------------------------------------------------------
+
+    def _decide(self, method: str) -> tuple[str | None, float]:
+        with self._lock:
+            f = self.faults
+            delay = f.latency if f.latency and self.random.random() < f.latency_share else 0.0
+            if f.only_methods and method not in f.only_methods:
+                return None, delay
+            roll = self.random.random()
+            for name, share in (("slowdown", f.slowdown), ("internal", f.internal),
+                                ("reset", f.reset), ("truncate", f.truncate)):
+                if roll < share:
+                    return name, delay
+                roll -= share
+            return None, delay
+
+    def _record(self, op: str, status: int, fault: str | None, put_bytes: int) -> None:
+        with self._lock:
+            self.counters.operations[op] += 1
+            if fault:
+                self.counters.faults[fault] += 1
+            self.counters.put_bytes += put_bytes
+            self.counters.timeline.append((time.monotonic(), op, status))
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        up_reader = up_writer = None
+        try:
+            while True:
+                head = await _read_head(reader)
+                if head is None:
+                    return
+                request_line, headers, raw_head = head
+                method, target, _ = request_line.split(" ", 2)
+                op = operation(method, target, headers)
+                if headers.get("expect", "").lower() == "100-continue":
+                    # Answer the interim response here, so the upstream never sends one.
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    raw_head = b"\r\n".join(
+                        line for line in raw_head.split(b"\r\n")
+                        if not line.lower().startswith(b"expect:")
+                    )
+                body = await _read_body(reader, headers)
+                fault, delay = self._decide(method)
+                if delay:
+                    await asyncio.sleep(delay)
+                if fault in ("slowdown", "internal"):
+                    status, payload = (503, SLOWDOWN) if fault == "slowdown" else (500, INTERNAL)
+                    self._record(op, status, fault, 0)
+                    reason = b"Slow Down" if status == 503 else b"Internal Server Error"
+                    writer.write(
+                        b"HTTP/1.1 %d %s\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
+                        % (status, reason, len(payload)) + payload
+                    )
+                    await writer.drain()
+                    continue
+                if fault == "reset":
+                    self._record(op, 0, fault, 0)
+                    _abort(writer)
+                    return
+                if up_writer is None or up_writer.is_closing():
+                    up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+                up_writer.write(raw_head + body)
+                await up_writer.drain()
+                assert up_reader is not None
+                status, keep = await self._relay_response(
+                    up_reader, writer, method, cut=(fault == "truncate" and method == "GET")
+                )
+                self._record(op, status, fault if fault == "truncate" and method == "GET" else None,
+                             len(body) if method == "PUT" else 0)
+                if not keep:
+                    _abort(writer)
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            return
+        finally:
+            self._writers.discard(writer)
+            if up_writer is not None:
+                up_writer.close()
+            if not writer.is_closing():
+                writer.close()
+
+    async def _relay_response(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              method: str, cut: bool) -> tuple[int, bool]:
+        """Copy one response; with `cut`, send half the body and report the connection dead."""
+        while True:
+            head = await _read_head(up)
+            if head is None:
+                raise ConnectionResetError("upstream closed")
+            status_line, headers, raw = head
+            status = int(status_line.split(" ", 2)[1])
+            writer.write(raw)
+            if status != 100:
+                break
+        if method == "HEAD" or status in (204, 304):
+            await writer.drain()
+            return status, True
+        if "content-length" in headers:
+            length = int(headers["content-length"])
+            send = length // 2 if cut and length > 1 else length
+            remaining = length
+            while remaining:
+                chunk = await up.read(min(65536, remaining))
+                if not chunk:
+                    raise ConnectionResetError("upstream body ended early")
+                remaining -= len(chunk)
+                if send > 0:
+                    writer.write(chunk[:send])
+                    send -= min(send, len(chunk))
+                    await writer.drain()
+            return status, not (cut and length > 1)
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size_line = await up.readline()
+                writer.write(size_line)
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                data = await up.readexactly(size + 2)
+                writer.write(data)
+                await writer.drain()
+                if size == 0:
+                    return status, True
+        while chunk := await up.read(65536):  # no length: until the upstream closes
+            writer.write(chunk)
+            await writer.drain()
+        return status, False
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:  # RST instead of FIN, like a real connection reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes] | None:
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return None
+    lines = raw.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return lines[0], headers, raw
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    if "content-length" in headers:
+        return await reader.readexactly(int(headers["content-length"]))
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out = bytearray()
+        while True:
+            size_line = await reader.readline()
+            out += size_line
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            out += await reader.readexactly(size + 2)
+            if size == 0:
+                return bytes(out)
+    return b""

@@ -1,0 +1,93 @@
+"""Mastodon's four media tables, with Mastodon 4.x column names, in two shapes.
+
+"4.6" has media_attachments.thumbnail_storage_schema_version; "4.2" lacks it, as
+databases older than 4.6 do. Only the columns mastosync may read are created, plus a
+few it must ignore.
+"""
+
+from __future__ import annotations
+
+SHAPES = ("4.6", "4.2")
+
+
+def schema_sql(shape: str = "4.6") -> str:
+    thumb_schema = "thumbnail_storage_schema_version integer," if shape == "4.6" else ""
+    return f"""
+CREATE TABLE media_attachments (
+    id bigint PRIMARY KEY,
+    status_id bigint,
+    account_id bigint,
+    remote_url character varying DEFAULT '' NOT NULL,
+    type integer DEFAULT 0 NOT NULL,
+    shortcode character varying,
+    description text,
+    file_file_name character varying,
+    file_content_type character varying,
+    file_file_size integer,
+    file_updated_at timestamp without time zone,
+    file_storage_schema_version integer,
+    file_meta json,
+    thumbnail_file_name character varying,
+    thumbnail_content_type character varying,
+    thumbnail_file_size integer,
+    thumbnail_updated_at timestamp without time zone,
+    {thumb_schema}
+    thumbnail_remote_url character varying,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE accounts (
+    id bigint PRIMARY KEY,
+    username character varying DEFAULT '' NOT NULL,
+    domain character varying,
+    avatar_file_name character varying,
+    avatar_content_type character varying,
+    avatar_file_size integer,
+    avatar_updated_at timestamp without time zone,
+    avatar_remote_url character varying,
+    avatar_storage_schema_version integer,
+    header_file_name character varying,
+    header_content_type character varying,
+    header_file_size integer,
+    header_updated_at timestamp without time zone,
+    header_remote_url character varying DEFAULT '' NOT NULL,
+    header_storage_schema_version integer,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE custom_emojis (
+    id bigserial PRIMARY KEY,
+    shortcode character varying DEFAULT '' NOT NULL,
+    domain character varying,
+    image_file_name character varying,
+    image_content_type character varying,
+    image_file_size integer,
+    image_updated_at timestamp without time zone,
+    image_remote_url character varying,
+    image_storage_schema_version integer,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE preview_cards (
+    id bigserial PRIMARY KEY,
+    url character varying DEFAULT '' NOT NULL,
+    title character varying DEFAULT '' NOT NULL,
+    image_file_name character varying,
+    image_content_type character varying,
+    image_file_size integer,
+    image_updated_at timestamp without time zone,
+    image_storage_schema_version integer,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+"""
+
+
+async def insert_rows(conn, table: str, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    """Insert dict rows (each with its own set of columns) into `table`."""
+    for row in rows:
+        cols = list(row)
+        placeholders = ", ".join(f"${i + 1}" for i in range(len(cols)))
+        await conn.execute(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({placeholders})", *row.values()
+        )

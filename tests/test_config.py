@@ -1,0 +1,191 @@
+"""Configuration: every error names its key, exits 2 with one line, and never echoes a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mastosync import config
+from mastosync.errors import ConfigError
+from tests.conftest import run_cli
+
+MINIMAL = """
+[source]
+bucket = "old"
+[destination]
+bucket = "new"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_has_spec_defaults(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, MINIMAL), environ={})
+    assert s.database.host == "127.0.0.1" and s.database.port == 5432
+    assert s.database.name == "mastodon_production" and s.database.user == "mastodon"
+    assert s.ssh.enabled is False and s.ssh.port == 22
+    assert s.destination.acl == "public-read" and s.destination.storage_class == ""
+    assert s.sync.concurrency == 32 and s.sync.include_remote is True
+    assert s.sync.multipart_threshold == 16 * 1024 * 1024 and s.sync.part_size == 8 * 1024 * 1024
+    assert s.sync.state_dir == ".mastosync"
+    assert s.source.addressing_style == "path"
+
+
+def test_sample_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parents[1] / "config.sample.toml"
+    s = config.load(sample, environ={})
+    assert s.source.bucket == "mastodon-old" and s.destination.region == "auto"
+    text = sample.read_text()
+    for section, cls in config.SECTIONS.items():
+        assert f"[{section}]" in text
+        for field in cls.__dataclass_fields__:
+            assert f"\n{field} =" in text.split(f"[{section}]", 1)[1], f"{section}.{field} undocumented"
+
+
+def test_environment_overrides_every_type(tmp_path: Path) -> None:
+    env = {
+        "MASTOSYNC_SOURCE_SECRET_ACCESS_KEY": "from-env-secret",
+        "MASTOSYNC_DATABASE_PASSWORD": "pw-from-env",
+        "MASTOSYNC_DATABASE_PORT": "6543",
+        "MASTOSYNC_SYNC_INCLUDE_REMOTE": "false",
+        "MASTOSYNC_SYNC_PART_SIZE": "6MiB",
+        "MASTOSYNC_SSH_ENABLED": "yes",
+        "MASTOSYNC_SSH_HOST": "example.org",
+        "MASTOSYNC_SSH_USER": "admin",
+    }
+    s = config.load(write(tmp_path, MINIMAL), environ=env)
+    assert s.source.secret_access_key == "from-env-secret"
+    assert s.database.password == "pw-from-env" and s.database.port == 6543
+    assert s.sync.include_remote is False and s.sync.part_size == 6 * 1024 * 1024
+    assert s.ssh.enabled and s.ssh.host == "example.org"
+    assert "from-env-secret" in s.secrets and "pw-from-env" in s.secrets
+    assert "from-env-secret" not in repr(s) and "pw-from-env" not in repr(s)
+
+
+def test_tilde_is_expanded_in_paths(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, MINIMAL + '[sync]\nstate_dir = "~/mastosync-state"\n'), environ={})
+    assert s.sync.state_dir == str(Path.home() / "mastosync-state")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("16MiB", 16 * 2**20), ("8MB", 8_000_000), ("1024", 1024), ("5 GiB", 5 * 2**30),
+     ("1.5MiB", int(1.5 * 2**20)), ("10k", 10240), ("7b", 7)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert config.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "5 parsecs", "-1MiB", "MiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        config.parse_size(text)
+
+
+BAD = [
+    ("unknown key", MINIMAL + "[sync]\nbogus = 1\n", "sync.bogus: unknown key"),
+    ("unknown section", MINIMAL + "[extra]\nx = 1\n", "extra: unknown section"),
+    ("wrong type", MINIMAL + '[sync]\nconcurrency = "ten"\n', "sync.concurrency: expected an integer"),
+    ("wrong bool", MINIMAL + '[sync]\ninclude_remote = "no"\n', "sync.include_remote: expected true or false"),
+    ("missing bucket", "[source]\nbucket = 'x'\n[destination]\nacl = ''\n",
+     "destination.bucket: required key is missing"),
+    ("missing section", "[source]\nbucket = 'x'\n", "destination: section is required"),
+    ("concurrency 0", MINIMAL + "[sync]\nconcurrency = 0\n", "sync.concurrency: expected a value between 1 and 1024"),
+    ("concurrency huge", MINIMAL + "[sync]\nconcurrency = 100000\n", "sync.concurrency: expected a value between"),
+    ("part too small", MINIMAL + '[sync]\npart_size = "1MiB"\n', "sync.part_size: expected a value between 5.0 MiB"),
+    ("bad size", MINIMAL + '[sync]\nmultipart_threshold = "huge"\n', "sync.multipart_threshold: expected a size"),
+    ("bad acl", MINIMAL.replace('bucket = "new"', 'bucket = "new"\nacl = "world"'), "destination.acl: expected one of"),
+    ("acl on source", MINIMAL.replace('bucket = "old"', 'bucket = "old"\nacl = ""'), "source.acl: unknown key"),
+    ("bad endpoint", MINIMAL.replace('bucket = "old"', 'bucket = "old"\nendpoint = "s3.example.com"'),
+     "source.endpoint: expected a URL"),
+    ("bad style", MINIMAL.replace('bucket = "old"', 'bucket = "old"\naddressing_style = "dns"'),
+     "source.addressing_style: expected one of"),
+    ("ssh without host", MINIMAL + "[ssh]\nenabled = true\nuser = 'x'\n", "ssh.host: required when ssh.enabled"),
+    ("section not a table", "sync = 3\n" + MINIMAL, "sync: expected a table"),
+    ("malformed toml", "[source\nbucket = 'x'", "is not valid TOML"),
+    ("port range", MINIMAL + "[database]\nport = 70000\n", "database.port: expected a value between 1 and 65535"),
+]
+
+
+@pytest.mark.parametrize("text,message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_configuration_is_named(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ={})
+    assert message in str(info.value)
+
+
+def test_bad_environment_value_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sync.concurrency \(from the environment\): expected an integer"):
+        config.load(write(tmp_path, MINIMAL), environ={"MASTOSYNC_SYNC_CONCURRENCY": "lots"})
+
+
+def test_secret_values_are_never_echoed(tmp_path: Path) -> None:
+    text = MINIMAL.replace('bucket = "new"', 'bucket = "new"\nsecret_access_key = ["hunter2-very-secret"]')
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ={})
+    assert "destination.secret_access_key: expected a string" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+# -- through the CLI: exit 2, one line on stderr, no traceback --------------------------
+
+
+@pytest.mark.parametrize("text,message", [b[1:] for b in BAD[:8]], ids=[b[0] for b in BAD[:8]])
+def test_cli_reports_configuration_errors(tmp_path: Path, text: str, message: str) -> None:
+    result = run_cli("dry-run", config=write(tmp_path, text))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_file(tmp_path: Path) -> None:
+    result = run_cli("run", config=tmp_path / "nope.toml")
+    assert result.returncode == 2
+    assert "nope.toml not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_finds_config_through_environment_then_cwd(tmp_path: Path) -> None:
+    bad = write(tmp_path, MINIMAL + "[sync]\nconcurrency = 0\n")
+    result = run_cli("dry-run", env={"MASTOSYNC_CONFIG": str(bad)})
+    assert result.returncode == 2 and "sync.concurrency" in result.stderr
+    result = run_cli("dry-run", cwd=tmp_path)  # ./config.toml
+    assert result.returncode == 2 and "sync.concurrency" in result.stderr
+
+
+def test_cli_secret_from_environment_not_echoed(tmp_path: Path) -> None:
+    result = run_cli("dry-run", config=write(tmp_path, MINIMAL),
+                     env={"MASTOSYNC_DATABASE_PORT": "not-a-port-s3cr3t"})
+    assert result.returncode == 2 and "database.port" in result.stderr
+    bad_secret = run_cli("dry-run", config=write(tmp_path, MINIMAL),
+                         env={"MASTOSYNC_SYNC_RETRIES": "x", "MASTOSYNC_DATABASE_PASSWORD": "pw-77-secret"})
+    assert "pw-77-secret" not in bad_secret.stderr + bad_secret.stdout
+
+
+def test_help_explains_every_option() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("run", "dry-run", "verify"):
+        assert command in top.stdout
+    for command, options in {
+        "run": ["--config", "--type", "--all", "--concurrency", "--limit", "--since", "--restart"],
+        "dry-run": ["--config", "--type", "--all", "--limit", "--since", "--json"],
+        "verify": ["--config", "--type", "--all", "--json"],
+    }.items():
+        out = run_cli(command, "--help")
+        assert out.returncode == 0
+        for option in options:
+            assert option in out.stdout, (command, option)
+
+
+def test_usage_errors_exit_2() -> None:
+    bad_type = run_cli("run", "--type", "statuses")
+    assert bad_type.returncode == 2 and "statuses" in bad_type.stderr
+    bad_since = run_cli("dry-run", "--since", "yesterday-ish")
+    assert bad_since.returncode == 2 and "ISO-8601" in bad_since.stderr
