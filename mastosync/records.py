@@ -1,0 +1,274 @@
+"""Reading Mastodon's tables: which columns exist, and the rows with files, in id order.
+
+Rows stream from a server-side cursor inside a read-only transaction. The cursor is
+re-opened after a bounded number of rows or seconds, continuing after the last id
+handed out: no snapshot is held for hours on a live instance (which would hold back
+vacuum), and the same step resumes after the connection drops (PostgreSQL restarted,
+SSH tunnel cut). Memory does not depend on the table's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from mastosync.config import DatabaseSettings
+from mastosync.errors import DatabaseError
+from mastosync.layout import REMOTE_ALWAYS, REMOTE_IF_DOMAIN, ObjectType
+
+log = logging.getLogger(__name__)
+
+# Errors after which a fresh connection may succeed.
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+RECONNECT_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which records of a type to read."""
+
+    limit: int | None = None  # only the first N records by id
+    since: datetime | None = None  # only attachments updated at or after
+    include_remote: bool = True  # False: local records only
+    ids: tuple[int, ...] | None = None  # only these ids (retrying earlier failures)
+
+
+EndpointFn = Callable[[], Awaitable[tuple[str, int]]]
+
+
+class Database:
+    """Connections to Mastodon's PostgreSQL, directly or through a tunnel's local port."""
+
+    def __init__(self, settings: DatabaseSettings, endpoint: EndpointFn | None = None) -> None:
+        self.settings = settings
+        self._endpoint = endpoint
+        self._conn: asyncpg.Connection | None = None
+        self._columns: dict[str, set[str]] = {}
+
+    async def _where(self) -> tuple[str, int]:
+        if self._endpoint is not None:
+            return await self._endpoint()
+        return self.settings.host, self.settings.port
+
+    def _describe(self) -> str:
+        s = self.settings
+        return f"{s.user}@{s.host}:{s.port}/{s.name}"
+
+    async def connection(self) -> asyncpg.Connection:
+        """The open connection, connecting first if needed; errors become DatabaseError."""
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        host, port = await self._where()
+        s = self.settings
+        try:
+            self._conn = await asyncpg.connect(
+                host=host, port=port, user=s.user, password=s.password or None, database=s.name,
+                timeout=s.connect_timeout,
+                server_settings={"application_name": "mastosync"},
+            )
+        except asyncpg.InvalidPasswordError:
+            raise DatabaseError(f"database {self._describe()}: password authentication failed") from None
+        except asyncpg.InvalidCatalogNameError:
+            raise DatabaseError(f"database {self._describe()}: database {s.name!r} does not exist") from None
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise DatabaseError(f"database {self._describe()}: login refused: {exc}") from None
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise DatabaseError(f"database {self._describe()}: cannot connect: {reason}") from None
+        return self._conn
+
+    async def reset(self) -> None:
+        """Forget the connection after a failure; the next use reconnects."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:  # closing a dead connection must not mask the real outcome
+                conn.terminate()
+
+    async def columns(self, table: str) -> set[str]:
+        """The table's column names (older Mastodon versions lack some)."""
+        if table not in self._columns:
+            conn = await self.connection()
+            rows = await conn.fetch(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) "
+                "AND attnum > 0 AND NOT attisdropped",
+                table,
+            )
+            if not rows:
+                raise DatabaseError(
+                    f"database {self._describe()}: table {table!r} not found; is this Mastodon's database?"
+                )
+            self._columns[table] = {r["attname"] for r in rows}
+        return self._columns[table]
+
+    async def with_retry(self, what: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
+        """Run `what` on a connection, reconnecting after a lost connection (bounded)."""
+        for attempt in range(RECONNECT_ATTEMPTS + 1):
+            try:
+                return await what(await self.connection())
+            except CONNECTION_LOST as exc:
+                if attempt == RECONNECT_ATTEMPTS:
+                    raise DatabaseError(f"database {self._describe()}: connection lost: {exc}") from None
+                await self.reset()
+                await asyncio.sleep(_backoff(attempt))
+            except DatabaseError:
+                if attempt == RECONNECT_ATTEMPTS:
+                    raise
+                await self.reset()
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0, min(10.0, 0.25 * 2**attempt))
+
+
+@dataclass(frozen=True)
+class Query:
+    """The SQL that reads one type under some filters, built once per run."""
+
+    select: str  # SELECT … FROM … WHERE …  (without the id-window and order)
+    args: tuple[Any, ...]
+    size_sum: str  # SQL expression: bytes of a row's originals
+
+    def window(self, after_id: int | None) -> tuple[str, tuple[Any, ...]]:
+        """Rows after `after_id`, in id order."""
+        if after_id is None:
+            return f"SELECT * FROM ({self.select}) AS r ORDER BY id", self.args
+        n = len(self.args) + 1
+        return f"SELECT * FROM ({self.select}) AS r WHERE id > ${n} ORDER BY id", (*self.args, after_id)
+
+
+def build_query(object_type: ObjectType, columns: set[str], filters: Filters) -> Query | None:
+    """SQL for the rows of `object_type` that have files and match `filters`.
+
+    Only the columns the layout needs are read, and only those the table has.
+    Returns None when the filters exclude every record (e.g. preview cards, which are
+    always remote, with include_remote false).
+    """
+    if "id" not in columns:
+        raise DatabaseError(f"table {object_type.table!r} has no id column")
+    wanted = ["id", *(c for c in object_type.remote_columns if c in columns)]
+    has_file: list[str] = []
+    args: list[Any] = []
+    for att in object_type.attachments:
+        if att.file_name not in columns:
+            continue
+        wanted += [c for c in att.columns() if c in columns]
+        condition = f"{att.file_name} <> ''"
+        if filters.since is not None and att.updated_at in columns:
+            args.append(filters.since)
+            condition += f" AND {att.updated_at} >= ${len(args)}"
+        elif filters.since is not None:
+            continue  # no timestamp to compare: cannot be "updated since"
+        has_file.append(f"({condition})")
+    if not has_file:
+        return None
+    where = [" OR ".join(has_file)]
+    if not filters.include_remote:
+        local = _local_condition(object_type, columns)
+        if local is None:
+            return None
+        where.append(local)
+    if filters.ids is not None:
+        args.append(list(filters.ids))
+        where.append(f"id = ANY(${len(args)}::bigint[])")
+    table = _quote(object_type.table)
+    select = f"SELECT {', '.join(_quote(c) for c in wanted)} FROM {table} WHERE " + " AND ".join(
+        f"({w})" for w in where
+    )
+    if filters.limit is not None:
+        select += f" ORDER BY id LIMIT {int(filters.limit)}"
+    sizes = [f"coalesce({a.file_size}, 0)" for a in object_type.attachments if a.file_size in columns]
+    return Query(select, tuple(args), " + ".join(sizes) or "0")
+
+
+def _local_condition(object_type: ObjectType, columns: set[str]) -> str | None:
+    rule = object_type.remote_rule
+    if rule == REMOTE_ALWAYS:
+        return None
+    if rule == REMOTE_IF_DOMAIN:
+        return "domain IS NULL" if "domain" in columns else "TRUE"
+    # Ruby's blank?: NULL, empty or only whitespace means local.
+    return "coalesce(remote_url, '') !~ '[^[:space:]]'" if "remote_url" in columns else "TRUE"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def query_for(db: Database, object_type: ObjectType, filters: Filters) -> Query | None:
+    """Connects (errors surface at once, before any work) and builds the type's query."""
+    return build_query(object_type, await db.columns(object_type.table), filters)
+
+
+async def totals(db: Database, query: Query, after_id: int | None = None) -> tuple[int, int]:
+    """(records, bytes of originals) still to read, for progress and ETA."""
+    sql, args = query.window(after_id)
+    sql = f"SELECT count(*), coalesce(sum({query.size_sum}), 0)::bigint FROM ({sql}) AS t"
+    row = await db.with_retry(lambda conn: conn.fetchrow(sql, *args))
+    return int(row[0]), int(row[1])
+
+
+async def stream(
+    db: Database,
+    query: Query,
+    after_id: int | None = None,
+    window_rows: int = 100_000,
+    window_seconds: float = 60.0,
+    prefetch: int = 2000,
+) -> AsyncIterator[asyncpg.Record]:
+    """Rows of `query` in id order, each exactly once, across reconnects."""
+    last = after_id
+    failures = 0
+    while True:
+        sql, args = query.window(last)
+        handed = 0
+        started = time.monotonic()
+        try:
+            conn = await db.connection()
+            async with conn.transaction(readonly=True):
+                async for row in conn.cursor(sql, *args, prefetch=prefetch):
+                    last = row["id"]
+                    handed += 1
+                    failures = 0
+                    yield row
+                    if handed >= window_rows or time.monotonic() - started > window_seconds:
+                        break
+                else:
+                    return  # the cursor is exhausted: every row was handed out
+        except CONNECTION_LOST as exc:
+            failures += 1
+            if failures > RECONNECT_ATTEMPTS:
+                raise DatabaseError(f"database connection lost and not regained: {exc}") from None
+            log.warning("database connection lost (%s); reconnecting after id %s", exc, last)
+            await db.reset()
+            await asyncio.sleep(_backoff(failures))
+        except DatabaseError:
+            failures += 1
+            if failures > RECONNECT_ATTEMPTS:
+                raise
+            await db.reset()
+            await asyncio.sleep(_backoff(failures))

@@ -1,0 +1,236 @@
+"""A small Mastodon-shaped instance: rows for the four tables and the objects they reference.
+
+Every case of shared/mastodon-storage.md is here once: old and snowflake ids, every
+media family, GIF avatars, emoji statics, preview cards, cache/ and non-cache remote
+rows, NULL file rows, odd file names, a large video, objects the database references
+but the bucket lacks, and orphans the database does not reference. The expected keys
+are written out by hand, not computed by mastosync's layout code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+CC = "public, max-age=315576000, immutable"
+OLD_CC = "max-age=315576000"
+SNOW = 105105582134970663  # an 18-digit snowflake id
+SNOW_P = "105/105/582/134/970/663"
+T_OLD = datetime(2026, 1, 10, 8, 0)
+T_NEW = datetime(2026, 6, 1, 12, 0)
+
+MAGIC = {"image/jpeg": b"\xff\xd8\xff\xe0", "image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF89a",
+         "image/webp": b"RIFF\x00\x00\x00\x00WEBP", "video/mp4": b"\x00\x00\x00\x18ftypmp42",
+         "audio/mpeg": b"ID3\x03"}
+
+
+def body(key: str, size: int, content_type: str) -> bytes:
+    """Deterministic bytes for a key, starting with the magic of its real content type."""
+    head = MAGIC.get(content_type, b"")
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return (head + random.Random(seed).randbytes(max(0, size - len(head))))[:size]
+
+
+@dataclass
+class Obj:
+    key: str
+    type: str
+    id: int
+    content_type: str
+    size: int
+    cache_control: str = CC
+    present: bool = True  # False: the database references it but the source lacks it
+    updated_at: datetime = T_OLD
+    local: bool = True
+
+    @property
+    def data(self) -> bytes:
+        return body(self.key, self.size, self.content_type)
+
+
+@dataclass
+class Instance:
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    objects: list[Obj] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    def expected(self, present: bool | None = True) -> dict[str, Obj]:
+        return {o.key: o for o in self.objects if present is None or o.present == present}
+
+
+def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
+    inst = Instance()
+    media: list[dict[str, Any]] = []
+    inst.rows["media_attachments"] = media
+
+    def add(type_: str, rid: int, key: str, ct: str, size: int = 3000, **kw: Any) -> None:
+        inst.objects.append(Obj(key, type_, rid, ct, size, **kw))
+
+    def m(rid: int, name: str | None, ct: str | None, *, remote_url: str = "", schema: int | None = 1,
+          size: int = 3000, updated: datetime = T_OLD, **extra: Any) -> dict[str, Any]:
+        row = {"id": rid, "remote_url": remote_url, "file_file_name": name, "file_content_type": ct,
+               "file_file_size": size if name else None, "file_updated_at": updated if name else None,
+               "file_storage_schema_version": schema, **extra}
+        media.append(row)
+        return row
+
+    mp = "media_attachments/files"
+    # old three-group id, local JPEG: original + small with the same extension
+    m(1, "0123456789abcdef.jpg", "image/jpeg")
+    add("media_attachments", 1, f"{mp}/000/000/001/original/0123456789abcdef.jpg", "image/jpeg")
+    add("media_attachments", 1, f"{mp}/000/000/001/small/0123456789abcdef.jpg", "image/jpeg", 900,
+        cache_control=OLD_CC)
+    # snowflake, PNG, updated recently (for --since)
+    m(SNOW, "aaaa.png", "image/png", updated=T_NEW)
+    add("media_attachments", SNOW, f"{mp}/{SNOW_P}/original/aaaa.png", "image/png", updated_at=T_NEW)
+    add("media_attachments", SNOW, f"{mp}/{SNOW_P}/small/aaaa.png", "image/png", 800, updated_at=T_NEW)
+    # webp; heic and avif get a JPEG small; the avif's small is missing (AVIF from 4.0 kept .avif)
+    m(SNOW + 1, "b.webp", "image/webp")
+    add("media_attachments", SNOW + 1, f"{mp}/105/105/582/134/970/664/original/b.webp", "image/webp")
+    add("media_attachments", SNOW + 1, f"{mp}/105/105/582/134/970/664/small/b.webp", "image/webp", 700)
+    m(SNOW + 2, "c.heic", "image/heic")
+    add("media_attachments", SNOW + 2, f"{mp}/105/105/582/134/970/665/original/c.heic", "image/heic")
+    add("media_attachments", SNOW + 2, f"{mp}/105/105/582/134/970/665/small/c.jpeg", "image/jpeg", 600)
+    m(SNOW + 3, "d.avif", "image/avif")
+    add("media_attachments", SNOW + 3, f"{mp}/105/105/582/134/970/666/original/d.avif", "image/avif")
+    add("media_attachments", SNOW + 3, f"{mp}/105/105/582/134/970/666/small/d.jpeg", "image/jpeg", 600,
+        present=False)
+    inst.orphans.append(f"{mp}/105/105/582/134/970/666/small/d.avif")
+    # GIF: small is a PNG key that holds GIF bytes (static GIF), Content-Type image/gif
+    m(SNOW + 4, "e.gif", "image/gif")
+    add("media_attachments", SNOW + 4, f"{mp}/105/105/582/134/970/667/original/e.gif", "image/gif")
+    add("media_attachments", SNOW + 4, f"{mp}/105/105/582/134/970/667/small/e.png", "image/gif", 500)
+    # a large video with a custom thumbnail: multipart path
+    m(SNOW + 5, "f.mp4", "video/mp4", size=video_size, thumbnail_file_name="f-thumb.jpg",
+      thumbnail_content_type="image/jpeg", thumbnail_file_size=2000, thumbnail_updated_at=T_OLD)
+    add("media_attachments", SNOW + 5, f"{mp}/105/105/582/134/970/668/original/f.mp4", "video/mp4", video_size)
+    add("media_attachments", SNOW + 5, f"{mp}/105/105/582/134/970/668/small/f.png", "image/png", 1500)
+    add("media_attachments", SNOW + 5,
+        "media_attachments/thumbnails/105/105/582/134/970/668/original/f-thumb.jpg", "image/jpeg", 2000)
+    # audio: original only
+    m(SNOW + 6, "g.mp3", "audio/mpeg", size=5000)
+    add("media_attachments", SNOW + 6, f"{mp}/105/105/582/134/970/669/original/g.mp3", "audio/mpeg", 5000)
+    # remote, schema 1: under cache/
+    m(SNOW + 7, "h.jpg", "image/jpeg", remote_url="https://remote.example/h.jpg")
+    add("media_attachments", SNOW + 7, f"cache/{mp}/105/105/582/134/970/670/original/h.jpg", "image/jpeg",
+        local=False)
+    add("media_attachments", SNOW + 7, f"cache/{mp}/105/105/582/134/970/670/small/h.jpg", "image/jpeg", 500,
+        local=False)
+    # remote, NULL schema (stored before 3.1.4, never moved): no cache/
+    m(SNOW + 8, "i.png", "image/png", remote_url="https://remote.example/i.png", schema=None)
+    add("media_attachments", SNOW + 8, f"{mp}/105/105/582/134/970/671/original/i.png", "image/png", local=False)
+    add("media_attachments", SNOW + 8, f"{mp}/105/105/582/134/970/671/small/i.png", "image/png", 500,
+        local=False)
+    # remote whose cache was cleared: row kept, file columns NULL → nothing to copy
+    m(SNOW + 9, None, None, remote_url="https://remote.example/gone.png")
+    # whitespace-only remote_url is blank: local, no cache/ even with schema 1
+    m(SNOW + 10, "j.mp3", "audio/mpeg", remote_url="   ")
+    add("media_attachments", SNOW + 10, f"{mp}/105/105/582/134/970/673/original/j.mp3", "audio/mpeg")
+    # an old upload with a user's own file name
+    odd = "My holiday (1) +été@home 'best'.jpg"
+    m(2, odd, "image/jpeg")
+    add("media_attachments", 2, f"{mp}/000/000/002/original/{odd}", "image/jpeg")
+    add("media_attachments", 2, f"{mp}/000/000/002/small/{odd}", "image/jpeg", 400)
+    # remote video with a remote thumbnail: cache/ for the thumbnail only on 4.6
+    thumb_extra: dict[str, Any] = {"thumbnail_file_name": "k-t.png", "thumbnail_content_type": "image/png",
+                                   "thumbnail_file_size": 900, "thumbnail_updated_at": T_OLD}
+    if shape == "4.6":
+        thumb_extra["thumbnail_storage_schema_version"] = 1
+    m(SNOW + 11, "k.mp3", "audio/mpeg", remote_url="https://remote.example/k.mp3", **thumb_extra)
+    add("media_attachments", SNOW + 11, f"cache/{mp}/105/105/582/134/970/674/original/k.mp3", "audio/mpeg",
+        local=False)
+    thumb_key = "media_attachments/thumbnails/105/105/582/134/970/674/original/k-t.png"
+    add("media_attachments", SNOW + 11, ("cache/" if shape == "4.6" else "") + thumb_key, "image/png", 900,
+        local=False)
+    # an original the bucket lost
+    m(SNOW + 12, "lost.jpg", "image/jpeg")
+    add("media_attachments", SNOW + 12, f"{mp}/105/105/582/134/970/675/original/lost.jpg", "image/jpeg",
+        present=False)
+    add("media_attachments", SNOW + 12, f"{mp}/105/105/582/134/970/675/small/lost.jpg", "image/jpeg", 300)
+    # a zero-byte file
+    m(3, "empty.mp3", "audio/mpeg", size=0)
+    add("media_attachments", 3, f"{mp}/000/000/003/original/empty.mp3", "audio/mpeg", 0)
+
+    # accounts: local PNG avatar + JPEG header; local GIF avatar (static PNG); remote ones
+    acc: list[dict[str, Any]] = []
+    inst.rows["accounts"] = acc
+
+    def a(rid: int, domain: str | None, avatar: tuple[str, str] | None, header: tuple[str, str] | None,
+          schema: int | None = 1, updated: datetime = T_OLD) -> None:
+        row: dict[str, Any] = {"id": rid, "username": f"u{rid}", "domain": domain}
+        for att, val in (("avatar", avatar), ("header", header)):
+            if val:
+                row.update({f"{att}_file_name": val[0], f"{att}_content_type": val[1],
+                            f"{att}_file_size": 3000, f"{att}_updated_at": updated,
+                            f"{att}_storage_schema_version": schema})
+        acc.append(row)
+
+    a(1, None, ("av.png", "image/png"), ("hd.jpg", "image/jpeg"), updated=T_NEW)
+    add("accounts", 1, "accounts/avatars/000/000/001/original/av.png", "image/png", updated_at=T_NEW)
+    add("accounts", 1, "accounts/headers/000/000/001/original/hd.jpg", "image/jpeg", updated_at=T_NEW)
+    a(SNOW, None, ("anim.gif", "image/gif"), ("anim-h.gif", "image/gif"))
+    add("accounts", SNOW, f"accounts/avatars/{SNOW_P}/original/anim.gif", "image/gif")
+    add("accounts", SNOW, f"accounts/avatars/{SNOW_P}/static/anim.png", "image/png", 1000)
+    add("accounts", SNOW, f"accounts/headers/{SNOW_P}/original/anim-h.gif", "image/gif")
+    add("accounts", SNOW, f"accounts/headers/{SNOW_P}/static/anim-h.png", "image/png", 1000)
+    a(SNOW + 1, "remote.example", ("r.gif", "image/gif"), None)
+    add("accounts", SNOW + 1, "cache/accounts/avatars/105/105/582/134/970/664/original/r.gif", "image/gif",
+        local=False)
+    add("accounts", SNOW + 1, "cache/accounts/avatars/105/105/582/134/970/664/static/r.png", "image/png", 900,
+        local=False)
+    a(SNOW + 2, "old.example", ("o.jpg", "image/jpeg"), None, schema=None)
+    add("accounts", SNOW + 2, "accounts/avatars/105/105/582/134/970/665/original/o.jpg", "image/jpeg",
+        local=False)
+    a(SNOW + 3, None, None, None)  # no files at all
+
+    emojis: list[dict[str, Any]] = []
+    inst.rows["custom_emojis"] = emojis
+    emojis.append({"id": 1, "shortcode": "blobcat", "domain": None, "image_file_name": "blobcat.png",
+                   "image_content_type": "image/png", "image_file_size": 2000, "image_updated_at": T_OLD,
+                   "image_storage_schema_version": 1})
+    add("custom_emojis", 1, "custom_emojis/images/000/000/001/original/blobcat.png", "image/png", 2000)
+    add("custom_emojis", 1, "custom_emojis/images/000/000/001/static/blobcat.png", "image/png", 1500)
+    emojis.append({"id": 2, "shortcode": "party", "domain": "remote.example", "image_file_name": "party.gif",
+                   "image_content_type": "image/gif", "image_file_size": 2000, "image_updated_at": T_OLD,
+                   "image_storage_schema_version": 1})
+    add("custom_emojis", 2, "cache/custom_emojis/images/000/000/002/original/party.gif", "image/gif", 2000,
+        local=False)
+    add("custom_emojis", 2, "cache/custom_emojis/images/000/000/002/static/party.png", "image/png", 1500,
+        local=False)
+
+    cards: list[dict[str, Any]] = []
+    inst.rows["preview_cards"] = cards
+    cards.append({"id": 1, "url": "https://news.example/a", "image_file_name": "card.gif",
+                  "image_content_type": "image/gif", "image_file_size": 3000, "image_updated_at": T_OLD,
+                  "image_storage_schema_version": 1})
+    # a GIF card stored as JPEG bytes under .gif: Content-Type must come from the source object
+    add("preview_cards", 1, "cache/preview_cards/images/000/000/001/original/card.gif", "image/jpeg",
+        local=False)
+    cards.append({"id": 2, "url": "https://news.example/b", "image_file_name": "old-card.png",
+                  "image_content_type": "image/png", "image_file_size": 3000, "image_updated_at": T_OLD,
+                  "image_storage_schema_version": None})
+    add("preview_cards", 2, "preview_cards/images/000/000/002/original/old-card.png", "image/png",
+        local=False)
+    cards.append({"id": 3, "url": "https://news.example/c", "image_file_name": None})
+
+    inst.orphans += [
+        f"{mp}/999/999/999/original/orphan.png",
+        "cache/accounts/avatars/000/000/099/original/deleted.png",
+        "site_uploads/files/000/000/001/original/unrelated.png",
+    ]
+    return inst
+
+
+async def seed(inst: Instance, db: Any, s3: Any, bucket: str, prefix: str = "") -> None:
+    """Insert the rows and upload the present objects (and the orphans) to `bucket`."""
+    for table, rows in inst.rows.items():
+        await db.insert(table, rows)
+    full = (lambda k: f"{prefix.strip('/')}/{k}") if prefix else (lambda k: k)
+    for obj in inst.objects:
+        if obj.present:
+            s3.put(bucket, full(obj.key), obj.data, obj.content_type, obj.cache_control, acl="public-read")
+    for key in inst.orphans:
+        s3.put(bucket, full(key), b"orphan " + key.encode(), "image/png")

@@ -1,0 +1,160 @@
+"""Reading the real PostgreSQL: column introspection, paging, filters, and `dry-run` output."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from mastosync import layout, records
+from mastosync.config import DatabaseSettings
+from tests.conftest import MastodonDb, make_db, run_cli, write_config
+from tests.services import instance
+
+
+def settings_for(db: MastodonDb) -> DatabaseSettings:
+    return DatabaseSettings(host=db.server.host, port=db.server.port, name=db.name, user=db.user,
+                            password=db.password)
+
+
+async def read_keys(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES, **kw) -> set[str]:
+    database = records.Database(settings_for(db))
+    found: set[str] = set()
+    try:
+        for name in types:
+            object_type = layout.TYPES[name]
+            query = await records.query_for(database, object_type, filters)
+            if query is None:
+                continue
+            async for row in records.stream(database, query, **kw):
+                found.update(o.key for o in layout.objects_of(object_type, row, filters.since))
+    finally:
+        await database.close()
+    return found
+
+
+@pytest.mark.parametrize("shape", ["4.6", "4.2"])
+async def test_exact_keys_for_hand_built_rows(postgres, shape: str) -> None:
+    db = await make_db(postgres, shape)
+    inst = instance.build(shape)
+    for table, rows in inst.rows.items():
+        await db.insert(table, rows)
+    assert await read_keys(db, records.Filters()) == set(inst.expected(present=None))
+
+
+async def test_window_reopen_hands_out_every_row_once(mastodon_db: MastodonDb) -> None:
+    rows = [{"id": i, "file_file_name": f"{i}.mp3", "file_content_type": "audio/mpeg"} for i in range(1, 501)]
+    await mastodon_db.insert("media_attachments", rows)
+    database = records.Database(settings_for(mastodon_db))
+    query = await records.query_for(database, layout.TYPES["media_attachments"], records.Filters())
+    assert query is not None
+    ids = [r["id"] async for r in records.stream(database, query, window_rows=37, prefetch=10)]
+    assert ids == list(range(1, 501))
+    resumed = [r["id"] async for r in records.stream(database, query, after_id=450)]
+    assert resumed == list(range(451, 501))
+    assert await records.totals(database, query) == (500, 0)
+    assert (await records.totals(database, query, after_id=450))[0] == 50
+    await database.close()
+
+
+async def test_stream_survives_postgres_restart(postgres) -> None:
+    db = await make_db(postgres, "4.6")
+    rows = [{"id": i, "file_file_name": f"{i}.mp3", "file_content_type": "audio/mpeg"} for i in range(1, 3001)]
+    await db.insert("media_attachments", rows)
+    database = records.Database(settings_for(db))
+    query = await records.query_for(database, layout.TYPES["media_attachments"], records.Filters())
+    assert query is not None
+    ids = []
+    async for row in records.stream(database, query, prefetch=100):
+        ids.append(row["id"])
+        if len(ids) == 1000:
+            postgres.restart()  # every connection is dropped mid-cursor
+    assert ids == list(range(1, 3001))
+    await database.close()
+
+
+async def test_limit_is_first_n_records_by_id(mastodon_db: MastodonDb) -> None:
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    got = await read_keys(mastodon_db, records.Filters(limit=2), types=("media_attachments",))
+    # ids 1 and 2 are the two lowest ids with files
+    assert got == {k for k, o in inst.expected(None).items() if o.type == "media_attachments" and o.id in (1, 2)}
+
+
+async def test_since_and_include_remote(mastodon_db: MastodonDb) -> None:
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    since = await read_keys(mastodon_db, records.Filters(since=datetime(2026, 5, 1)))
+    assert since == {k for k, o in inst.expected(None).items() if o.updated_at >= datetime(2026, 5, 1)}
+    local = await read_keys(mastodon_db, records.Filters(include_remote=False))
+    assert local == {k for k, o in inst.expected(None).items() if o.local}
+    assert not any(k.startswith("cache/") for k in local)
+
+
+async def test_missing_table_is_a_clear_error(postgres) -> None:
+    from mastosync.errors import DatabaseError
+
+    db = await make_db(postgres, "4.6")
+    conn = await db.connect()
+    await conn.execute("DROP TABLE preview_cards")
+    await conn.close()
+    database = records.Database(settings_for(db))
+    with pytest.raises(DatabaseError, match="table 'preview_cards' not found"):
+        await records.query_for(database, layout.TYPES["preview_cards"], records.Filters())
+    await database.close()
+
+
+# -- dry-run through the CLI ------------------------------------------------------------
+
+
+def dry_config(tmp_path: Path, db: MastodonDb, **extra) -> Path:
+    # No credentials anywhere: dry-run must not need them.
+    return write_config(tmp_path / "config.toml", db=db, extra={
+        "source": {"bucket": "old", "key_prefix": "src-prefix"},
+        "destination": {"bucket": "new", **extra},
+    })
+
+
+async def test_dry_run_json_lists_every_object(tmp_path: Path, mastodon_db: MastodonDb) -> None:
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    result = run_cli("dry-run", "--json", config=dry_config(tmp_path, mastodon_db, key_prefix="dst"))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {line["source_key"] for line in lines} == {f"src-prefix/{k}" for k in inst.expected(None)}
+    assert {line["destination_key"] for line in lines} == {f"dst/{k}" for k in inst.expected(None)}
+    assert len(lines) == len(inst.objects)
+    assert {line["type"] for line in lines} == set(layout.TYPE_NAMES)
+    assert all(isinstance(line["id"], int) for line in lines)
+
+
+async def test_dry_run_text_type_and_limit(tmp_path: Path, mastodon_db: MastodonDb) -> None:
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    result = run_cli("dry-run", "--type", "custom_emojis", "--limit", "1", config=dry_config(tmp_path, mastodon_db))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "custom_emojis\t1\tsrc-prefix/custom_emojis/images/000/000/001/original/blobcat.png"
+        "\tcustom_emojis/images/000/000/001/original/blobcat.png",
+        "custom_emojis\t1\tsrc-prefix/custom_emojis/images/000/000/001/static/blobcat.png"
+        "\tcustom_emojis/images/000/000/001/static/blobcat.png",
+    ]
+
+
+async def test_dry_run_unreachable_database_is_one_line(tmp_path: Path, mastodon_db: MastodonDb) -> None:
+    config = dry_config(tmp_path, mastodon_db)
+    wrong = run_cli("dry-run", config=config, env={"MASTOSYNC_DATABASE_PASSWORD": "wrong-pw-123"})
+    assert wrong.returncode == 2
+    assert "password authentication failed" in wrong.stderr and "wrong-pw-123" not in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    from tests.services.process import free_port
+
+    closed = run_cli("dry-run", config=config, env={"MASTOSYNC_DATABASE_PORT": str(free_port())})
+    assert closed.returncode == 2 and "cannot connect" in closed.stderr
+    assert "Traceback" not in closed.stderr + wrong.stderr
