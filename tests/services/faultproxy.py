@@ -48,6 +48,7 @@ class Counters:
     operations: collections.Counter[str] = field(default_factory=collections.Counter)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     put_bytes: int = 0
+    headers: collections.Counter[str] = field(default_factory=collections.Counter)  # "Op header-name"
     timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
 
 
@@ -150,8 +151,11 @@ class FaultProxy:
                 roll -= share
             return None, delay
 
-    def _record(self, op: str, status: int, fault: str | None, put_bytes: int) -> None:
+    def _record(self, op: str, status: int, fault: str | None, put_bytes: int,
+                headers: dict[str, str] | None = None) -> None:
         with self._lock:
+            for name in headers or ():
+                self.counters.headers[f"{op} {name}"] += 1
             self.counters.operations[op] += 1
             if fault:
                 self.counters.faults[fault] += 1
@@ -203,7 +207,7 @@ class FaultProxy:
                     up_reader, writer, method, cut=(fault == "truncate" and method == "GET")
                 )
                 self._record(op, status, fault if fault == "truncate" and method == "GET" else None,
-                             len(body) if method == "PUT" else 0)
+                             len(body) if method == "PUT" else 0, headers)
                 if not keep:
                     _abort(writer)
                     return

@@ -1,0 +1,301 @@
+"""One S3 endpoint and bucket: client set-up, the few calls mastosync makes, and the retry policy.
+
+The client is created once per run, with a connection pool as large as the
+concurrency, checksums only "when required" (B2, R2, Wasabi and older MinIO reject
+botocore's new defaults), no `Expect: 100-continue` round trip, and botocore's own
+retries off: a streamed GET cannot be retried by botocore, so every retry is decided
+here and in transfer.py, from a fresh request.
+
+Errors are classified once, here, into three kinds the transfer engine acts on:
+NotFound (the object is missing), Transient (retry later) and Permanent (give up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import botocore.exceptions
+import botocore.handlers
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+
+from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.errors import BucketError
+from mastosync.redact import redact
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+    "TooManyRequestsException", "InternalError", "ServiceUnavailable", "RequestTimeout",
+    "RequestTimeoutException", "BadDigest", "IncompleteBody", "XAmzContentSHA256Mismatch",
+    "OperationAborted", "PriorRequestNotComplete",
+})
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                            "TooManyRequests", "TooManyRequestsException"})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class StorageError(Exception):
+    """A failed S3 call, already classified; the message is safe to show."""
+
+    throttled = False
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+class Transient(StorageError):
+    """Worth retrying: throttling, server errors, resets, timeouts, truncated bodies."""
+
+    def __init__(self, message: str, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.throttled = throttled
+
+
+class Permanent(StorageError):
+    """Retrying will not help: access denied, no such bucket, bad request."""
+
+
+def classify(exc: BaseException, what: str) -> StorageError:
+    """Any exception from an S3 call → NotFound, Transient or Permanent."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = error.get("Message") or ""
+        text = redact(f"{what}: {code or status}{': ' + message if message else ''}")
+        if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+            return NotFound(text)
+        if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+            return Transient(text, throttled=code in THROTTLE_CODES or status in (429, 503))
+        return Permanent(text)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return Permanent(f"{what}: no credentials configured")
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return Permanent(redact(f"{what}: {exc}"))
+    if isinstance(exc, (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError,
+                        asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)):
+        return Transient(redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")))
+    return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What mastosync needs to know of a stored object."""
+
+    size: int
+    etag: str | None = None
+    content_type: str | None = None
+    cache_control: str | None = None
+
+    @property
+    def content_md5(self) -> str | None:
+        """Content-MD5 for a re-upload, when the ETag is a plain MD5 (single-part upload)."""
+        etag = (self.etag or "").strip('"').lower()
+        if PLAIN_MD5.match(etag):
+            return base64.b64encode(bytes.fromhex(etag)).decode()
+        return None
+
+
+def _head(resp: dict[str, Any]) -> Head:
+    return Head(resp["ContentLength"], resp.get("ETag"), resp.get("ContentType"), resp.get("CacheControl"))
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter")."""
+
+    retries: int = 8
+    base: float = 0.1
+    cap: float = 20.0
+
+    def delay(self, attempt: int, throttled: bool = False) -> float:
+        # Throttling means the provider wants fewer requests: start the backoff higher.
+        base = self.base * (5 if throttled else 1)
+        return random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
+
+
+class Bucket:
+    """A bucket on an endpoint. Use as an async context manager: the client lives for the run."""
+
+    def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
+                 label: str = "bucket") -> None:
+        self.settings = settings
+        self.name = settings.bucket
+        self.label = label
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._stack = contextlib.AsyncExitStack()
+        self.client: Any = None
+
+    def describe(self) -> str:
+        return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
+
+    async def __aenter__(self) -> Bucket:
+        s = self.settings
+        config = AioConfig(
+            region_name=s.region or None,
+            max_pool_connections=self._pool_size,
+            connect_timeout=min(self._timeout, 20),
+            read_timeout=self._timeout,
+            retries={"total_max_attempts": 1},  # all retrying is ours: see the module docstring
+            s3={"addressing_style": s.addressing_style},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        credentials: dict[str, Any] = {}
+        if s.access_key_id or s.secret_access_key:
+            credentials = {"aws_access_key_id": s.access_key_id,
+                           "aws_secret_access_key": s.secret_access_key,
+                           "aws_session_token": s.session_token or None}
+        session = AioSession()
+        self.client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=s.endpoint or None, config=config, **credentials)
+        )
+        # botocore asks for `Expect: 100-continue` on every upload: one more round trip per
+        # object, and a known source of hangs with aiohttp. We send bodies straight away.
+        self.client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._stack.aclose()
+
+    # -- checks before a run -------------------------------------------------------------
+
+    async def check(self, write: bool = False) -> None:
+        """Fail with BucketError if the bucket cannot be reached or read (and written)."""
+        try:
+            await self.client.list_objects_v2(Bucket=self.name, MaxKeys=1)
+        except Exception as exc:
+            raise BucketError(self._explain(exc)) from None
+        if write:
+            # An aborted multipart upload proves write access without leaving an object behind.
+            key = ".mastosync-write-check"
+            try:
+                upload = await self.client.create_multipart_upload(Bucket=self.name, Key=key)
+                await self.client.abort_multipart_upload(Bucket=self.name, Key=key,
+                                                         UploadId=upload["UploadId"])
+            except Exception as exc:
+                raise BucketError(self._explain(exc, "write")) from None
+
+    def _explain(self, exc: BaseException, action: str = "read") -> str:
+        where = self.describe()
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "NoSuchBucket":
+                return f"{where}: the bucket does not exist"
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
+                return f"{where}: access denied ({code or status}) on {action}; check the access key, secret and permissions"
+            return redact(f"{where}: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return f"{where}: no credentials (set access_key_id and secret_access_key)"
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, OSError, aiohttp.ClientError,
+                            botocore.exceptions.ConnectTimeoutError)):
+            return f"{where}: cannot connect to the endpoint"
+        return redact(f"{where}: {type(exc).__name__}: {exc}")
+
+    # -- object calls: each raises a classified StorageError -----------------------------
+
+    async def head(self, key: str) -> Head | None:
+        try:
+            return _head(await self.client.head_object(Bucket=self.name, Key=key))
+        except Exception as exc:
+            error = classify(exc, f"HEAD {key}")
+            if isinstance(error, NotFound):
+                return None
+            raise error from None
+
+    async def get(self, key: str) -> tuple[Head, Any]:
+        """Start a GET: the head and the streaming body (to be read, then closed)."""
+        try:
+            resp = await self.client.get_object(Bucket=self.name, Key=key)
+        except Exception as exc:
+            raise classify(exc, f"GET {key}") from None
+        return _head(resp), resp["Body"]
+
+    async def put(self, key: str, data: bytes, head: Head, extra: dict[str, Any]) -> None:
+        args = {"Bucket": self.name, "Key": key, "Body": data, "ContentLength": len(data), **extra}
+        md5 = head.content_md5
+        if md5 and len(data) == head.size:
+            args["ContentMD5"] = md5
+        try:
+            await self.client.put_object(**args)
+        except Exception as exc:
+            raise classify(exc, f"PUT {key}") from None
+
+    async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, Any]) -> None:
+        """Server-side copy from another bucket on the same endpoint and account."""
+        try:
+            await self.client.copy_object(
+                Bucket=self.name, Key=key, CopySource={"Bucket": source.name, "Key": source_key},
+                MetadataDirective="COPY", **extra,
+            )
+        except Exception as exc:
+            raise classify(exc, f"COPY {source_key}") from None
+
+    async def start_multipart(self, key: str, extra: dict[str, Any]) -> str:
+        try:
+            resp = await self.client.create_multipart_upload(Bucket=self.name, Key=key, **extra)
+        except Exception as exc:
+            raise classify(exc, f"CreateMultipartUpload {key}") from None
+        return str(resp["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> str:
+        try:
+            resp = await self.client.upload_part(
+                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                ContentLength=len(data), ContentMD5=md5,
+            )
+        except Exception as exc:
+            raise classify(exc, f"UploadPart {number} of {key}") from None
+        return str(resp["ETag"])
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
+        try:
+            await self.client.complete_multipart_upload(
+                Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except Exception as exc:
+            raise classify(exc, f"CompleteMultipartUpload {key}") from None
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort, retrying a little: an upload left open is billed until someone notices."""
+        for attempt in range(4):
+            try:
+                await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+                return
+            except Exception as exc:
+                error = classify(exc, "AbortMultipartUpload")
+                if isinstance(error, NotFound) or isinstance(error, Permanent) or attempt == 3:
+                    return
+                await asyncio.sleep(0.2 * 2**attempt)
+
+
+def upload_extra(destination: DestinationSettings, head: Head) -> dict[str, Any]:
+    """Headers of a copied object: Content-Type and Cache-Control from the source, ACL and class from config."""
+    extra: dict[str, Any] = {}
+    if head.content_type:
+        extra["ContentType"] = head.content_type
+    if head.cache_control:
+        extra["CacheControl"] = head.cache_control
+    if destination.acl:
+        extra["ACL"] = destination.acl
+    if destination.storage_class:
+        extra["StorageClass"] = destination.storage_class
+    return extra

@@ -1,0 +1,195 @@
+"""Copy one object from the source bucket to the destination, and say what happened.
+
+    destination has it with the source's size  → skipped (no data moved)
+    source lacks it                            → missing
+    up to multipart_threshold                  → one GET, one PUT (Content-MD5 when known)
+    larger                                     → multipart upload fed part by part from the GET
+    same endpoint and account                  → server-side CopyObject
+
+Transient errors restart the copy from a fresh GET after a jittered backoff; a body
+of the wrong length is never stored; a multipart upload that does not complete is
+aborted, also when the copy is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mastosync.config import DestinationSettings
+from mastosync.storage import (
+    Bucket,
+    Head,
+    NotFound,
+    Permanent,
+    RetryPolicy,
+    StorageError,
+    Transient,
+    classify,
+    upload_extra,
+)
+
+COPIED = "copied"
+SKIPPED = "skipped"
+MISSING = "missing"
+FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one object: status, bytes moved, attempts made, and the last error."""
+
+    status: str
+    bytes: int = 0
+    attempts: int = 1
+    error: str | None = None
+
+
+@dataclass
+class MemoryBudget:
+    """Bytes of object data held in memory at once, across all copies (an async weighted semaphore)."""
+
+    limit: int
+    used: int = 0
+    _waiters: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)  # an object larger than the budget waits for all of it
+        async with self._waiters:
+            await self._waiters.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._waiters:
+            self.used -= n
+            self._waiters.notify_all()
+
+
+@dataclass
+class Copier:
+    """Everything a copy needs that is the same for every object of a run."""
+
+    source: Bucket
+    destination: Bucket
+    settings: DestinationSettings
+    multipart_threshold: int
+    part_size: int
+    policy: RetryPolicy
+    budget: MemoryBudget
+    server_side: bool = False
+
+    async def copy(self, source_key: str, destination_key: str) -> Outcome:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, moved = await self._copy_once(source_key, destination_key)
+                return Outcome(status, moved, attempt)
+            except NotFound:
+                return Outcome(MISSING, 0, attempt, "not found at the source")
+            except Transient as exc:
+                if attempt > self.policy.retries:
+                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                await asyncio.sleep(self.policy.delay(attempt, exc.throttled))
+            except StorageError as exc:
+                return Outcome(FAILED, 0, attempt, str(exc))
+
+    async def _copy_once(self, source_key: str, destination_key: str) -> tuple[str, int]:
+        present = await self.destination.head(destination_key)
+        if present is not None:
+            source = await self.source.head(source_key)
+            if source is None:
+                raise NotFound(source_key)
+            if source.size == present.size:
+                return SKIPPED, 0
+        if self.server_side:
+            source = await self.source.head(source_key)
+            if source is None:
+                raise NotFound(source_key)
+            await self.destination.copy(self.source, source_key, destination_key,
+                                        upload_extra(self.settings, Head(0)))
+            return COPIED, source.size
+        head, body = await self.source.get(source_key)
+        try:
+            extra = upload_extra(self.settings, head)
+            if head.size <= self.multipart_threshold:
+                await self._single(body, head, destination_key, extra)
+            else:
+                await self._multipart(body, head, destination_key, extra)
+        finally:
+            body.close()
+        return COPIED, head.size
+
+    async def _single(self, body: Any, head: Head, key: str, extra: dict[str, Any]) -> None:
+        held = await self.budget.acquire(head.size)
+        try:
+            data = await _read(body, head.size, exact_end=True)
+            await self.destination.put(key, data, head, extra)
+        finally:
+            await self.budget.release(held)
+
+    async def _multipart(self, body: Any, head: Head, key: str, extra: dict[str, Any]) -> None:
+        upload_id = await self.destination.start_multipart(key, extra)
+        try:
+            etags: list[str] = []
+            remaining = head.size
+            while remaining > 0:
+                size = min(self.part_size, remaining)
+                held = await self.budget.acquire(size)
+                try:
+                    data = await _read(body, size, exact_end=(size == remaining))
+                    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                    etags.append(await self._part(key, upload_id, len(etags) + 1, data, md5))
+                finally:
+                    await self.budget.release(held)
+                remaining -= size
+            await self.destination.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            # Failed or cancelled: abort, shielded so a cancellation cannot skip it.
+            await asyncio.shield(self.destination.abort_multipart(key, upload_id))
+            raise
+
+    async def _part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> str:
+        """Upload one part, retrying it alone: its bytes are in hand, the GET stays open."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.destination.upload_part(key, upload_id, number, data, md5)
+            except Transient as exc:
+                if attempt > min(self.policy.retries, 3):
+                    raise
+                await asyncio.sleep(self.policy.delay(attempt, exc.throttled))
+
+
+async def _read(body: Any, size: int, exact_end: bool) -> bytes:
+    """Exactly `size` bytes of a streamed body; a short (or, at the end, long) body is Transient."""
+    try:
+        stream = getattr(getattr(body, "raw_stream", None), "content", None)
+        if stream is not None:
+            # aiohttp's readexactly joins the received blocks once, instead of growing a
+            # bytes object chunk by chunk. It never reads past Content-Length.
+            return await stream.readexactly(size) if size else b""
+        else:
+            buffer = bytearray()
+            while len(buffer) < size and (chunk := await body.read(size - len(buffer))):
+                buffer += chunk
+            data = bytes(buffer)
+        if len(data) != size:
+            raise Transient(f"body truncated: got {len(data)} of {size} bytes")
+        if exact_end and await body.read(1):
+            raise Transient("body longer than its Content-Length")
+        return data
+    except StorageError:
+        raise
+    except asyncio.IncompleteReadError as exc:
+        raise Transient(f"body truncated: got {len(exc.partial)} of {size} bytes") from None
+    except Exception as exc:
+        raise classify(exc, "reading the source body") from None
+
+
+__all__ = ["COPIED", "FAILED", "MISSING", "SKIPPED", "Copier", "MemoryBudget", "Outcome", "Permanent"]
