@@ -282,7 +282,7 @@ class Bucket:
                 return
             except Exception as exc:
                 error = classify(exc, "AbortMultipartUpload")
-                if isinstance(error, NotFound) or isinstance(error, Permanent) or attempt == 3:
+                if isinstance(error, (NotFound, Permanent)) or attempt == 3:
                     return
                 await asyncio.sleep(0.2 * 2**attempt)
 

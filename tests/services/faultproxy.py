@@ -190,7 +190,7 @@ class FaultProxy:
                     reason = b"Slow Down" if status == 503 else b"Internal Server Error"
                     writer.write(
                         b"HTTP/1.1 %d %s\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
-                        % (status, reason, len(payload)) + payload
+                        % (status, reason, len(payload)) + (b"" if method == "HEAD" else payload)
                     )
                     await writer.drain()
                     continue
