@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from mastosync import layout, records
 from mastosync.config import Settings
+from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
+from mastosync.progress import Display, Stats
+from mastosync.redact import redact
+from mastosync.state import Report, ResumeState, TypeProgress
+from mastosync.storage import Bucket, RetryPolicy, StorageError
+from mastosync.transfer import COPIED, FAILED, MISSING, SKIPPED, Copier, MemoryBudget, Outcome
 from mastosync.tunnel import Tunnel
 
 
@@ -95,13 +104,320 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
                 out.write("\n".join(lines) + "\n")
 
 
-def run(settings: Settings, request: Request) -> None:
-    from mastosync.errors import UsageError
+# -- run and verify: one engine ---------------------------------------------------------
 
-    raise UsageError("`run` is not available yet in this version")
+
+@dataclass(slots=True)
+class Job:
+    """One object to act on, with what its outcome must update."""
+
+    obj: layout.MediaObject
+    source_key: str
+    destination_key: str
+    progress: TypeProgress
+    stats: Stats
+
+
+Action = Callable[[Job], Awaitable[None]]
+GRACE_SECONDS = 10.0  # after Ctrl-C, copies in flight get this long to finish
+
+
+class Engine:
+    """Records → objects → a bounded queue → N workers; stops cleanly on SIGINT/SIGTERM."""
+
+    def __init__(self, settings: Settings, db: records.Database, request: Request,
+                 queries: dict[str, records.Query | None], retry_queries: dict[str, records.Query | None],
+                 progress: dict[str, TypeProgress], stats: dict[str, Stats], action: Action,
+                 display: Display) -> None:
+        self.source = settings.source
+        self.destination = settings.destination
+        self.db = db
+        self.request = request
+        self.queries = queries
+        self.retry_queries = retry_queries
+        self.progress = progress
+        self.stats = stats
+        self.action = action
+        self.display = display
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=request.concurrency * 2)
+        self.signals: list[int] = []
+        self.stop = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        self.finished_types: dict[str, bool] = {name: False for name in request.types}
+
+    def on_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1:
+            self.display.message(
+                f"mastosync: {signal.Signals(signum).name} received: finishing copies in flight "
+                f"(at most {GRACE_SECONDS:.0f}s) and saving progress; press Ctrl-C again to stop at once"
+            )
+            self.stop.set()
+        else:
+            self.hard_stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.request.concurrency)]
+        producer = asyncio.create_task(self._produce())
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({producer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if producer.done() and not self.stop.is_set():
+                producer.result()  # a database error ends the run here, after the wind-down below
+                for _ in workers:
+                    await self.queue.put(None)  # each worker stops after the queued jobs
+                drained = asyncio.gather(*workers)
+                await asyncio.wait({drained, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            producer.cancel()
+            stopper.cancel()
+            await self._wind_down(workers)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    async def _wind_down(self, workers: list[asyncio.Task[None]]) -> None:
+        """Stop taking work; let copies in flight finish (bounded), then cancel the rest.
+
+        Queued jobs are dropped, so their records stay unfinished in the resume state.
+        A cancelled multipart copy aborts its upload on the way out.
+        """
+        pending = [w for w in workers if not w.done()]
+        if not pending:
+            return
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        for _ in pending:
+            self.queue.put_nowait(None)
+        hard = asyncio.create_task(self.hard_stop.wait())
+        await asyncio.wait({*pending, hard}, timeout=GRACE_SECONDS)
+        hard.cancel()
+        for w in pending:
+            w.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _produce(self) -> None:
+        since = self.request.since
+        for name in self.request.types:
+            object_type = layout.TYPES[name]
+            progress, stats = self.progress[name], self.stats[name]
+            for query, after_id in ((self.retry_queries.get(name), None),
+                                    (self.queries.get(name), progress.done_through)):
+                if query is None:
+                    continue
+                async for row in records.stream(self.db, query, after_id=after_id):
+                    if self.stop.is_set():
+                        return
+                    objects = list(layout.objects_of(object_type, row, since))
+                    stats.records += 1
+                    progress.begin(row["id"], len(objects))
+                    for obj in objects:
+                        await self.queue.put(Job(obj, self.source.full_key(obj.key),
+                                                 self.destination.full_key(obj.key), progress, stats))
+            self.finished_types[name] = True
+
+    async def _worker(self) -> None:
+        while (job := await self.queue.get()) is not None:
+            await self.action(job)
+
+
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What both run and verify set up before touching any object."""
+
+    db: records.Database
+    source: Bucket
+    destination: Bucket
+    queries: dict[str, records.Query | None]
+    retry_queries: dict[str, records.Query | None]
+    stats: dict[str, Stats]
+
+
+async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request: Request,
+                   progress: dict[str, TypeProgress], write: bool) -> Prepared:
+    """Connect everything and check access up front: a bad password or bucket stops us here."""
+    filters = filters_for(settings, request)
+    db = await stack.enter_async_context(open_database(settings))
+    queries: dict[str, records.Query | None] = {}
+    retry_queries: dict[str, records.Query | None] = {}
+    for name in request.types:
+        object_type = layout.TYPES[name]
+        queries[name] = await records.query_for(db, object_type, filters)
+        failed = progress[name].failed_ids if name in progress else set()
+        if failed and queries[name] is not None:
+            progress[name].retrying = set(failed)
+            retry_queries[name] = await records.query_for(
+                db, object_type, dataclasses.replace(filters, ids=tuple(sorted(failed))))
+    pool = request.concurrency + 8
+    source = await stack.enter_async_context(Bucket(settings.source, pool, settings.sync.timeout, "source"))
+    destination = await stack.enter_async_context(
+        Bucket(settings.destination, pool, settings.sync.timeout, "destination"))
+    await source.check()
+    await destination.check(write=write)
+    stats = {name: Stats(name) for name in request.types}
+    for name, query in queries.items():
+        if query is None:
+            stats[name].records_total, stats[name].bytes_total = 0, 0
+            continue
+        done_through = progress[name].done_through if name in progress else None
+        count, size = await records.totals(db, query, after_id=done_through)
+        retry = retry_queries.get(name)
+        if retry is not None:
+            extra, extra_size = await records.totals(db, retry)
+            count, size = count + extra, size + extra_size
+        stats[name].records_total, stats[name].bytes_total = count, size
+    return Prepared(db, source, destination, queries, retry_queries, stats)
+
+
+def _entry(job: Job, status: str, reason: str | None, attempts: int) -> dict[str, Any]:
+    o = job.obj
+    return {"type": o.type, "id": o.id, "attachment": o.attachment, "style": o.style,
+            "source_key": job.source_key, "destination_key": job.destination_key, "status": status,
+            "reason": reason, "attempts": attempts}
+
+
+def run(settings: Settings, request: Request) -> None:
+    """Copy every selected object; raises ObjectsFailed or Interrupted for exit codes 1, 130, 143."""
+    asyncio.run(_run(settings, request))
+
+
+async def _run(settings: Settings, request: Request) -> None:
+    state = ResumeState(settings, request.since)
+    progress = state.load(request.types, request.restart)
+    resumed = {n: p.done_through for n, p in progress.items() if p.done_through is not None or p.failed_ids}
+    report = Report(settings.sync.state_dir, "run")
+    async with contextlib.AsyncExitStack() as stack:
+        prepared = await _prepare(stack, settings, request, progress, write=True)
+        stats = prepared.stats
+        display = Display(list(stats.values()), settings.sync.progress_interval)
+        if resumed:
+            display.message("mastosync: resuming an unfinished run (--restart starts over): "
+                            + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
+        sync = settings.sync
+        copier = Copier(
+            prepared.source, prepared.destination, settings.destination,
+            multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
+            policy=RetryPolicy(retries=sync.retries),
+            # Object bytes held at once: room for two single-PUT objects and two parts.
+            budget=MemoryBudget(2 * sync.multipart_threshold + 2 * sync.part_size),
+            server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
+        )
+
+        async def copy(job: Job) -> None:
+            try:
+                outcome = await copier.copy(job.source_key, job.destination_key)
+            except StorageError as exc:  # classified but escaped: count it, never lose the worker
+                outcome = Outcome(FAILED, 0, 1, str(exc))
+            except Exception as exc:
+                outcome = Outcome(FAILED, 0, 1, redact(f"internal error: {type(exc).__name__}: {exc}"))
+            s = job.stats
+            s.retries += outcome.attempts - 1
+            if outcome.status == COPIED:
+                s.copied += 1
+                s.bytes += outcome.bytes
+            elif outcome.status == SKIPPED:
+                s.skipped += 1
+            else:
+                if outcome.status == MISSING:
+                    s.missing += 1
+                else:
+                    s.failed += 1
+                report.write(_entry(job, outcome.status, outcome.error, outcome.attempts))
+            job.progress.finish(job.obj.id, outcome.status != FAILED)
+            state.save(every=2.0)
+
+        engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
+                        stats, copy, display)
+        try:
+            with display.running():
+                await engine.run()
+        finally:
+            for s in stats.values():
+                s.ended = time.monotonic()
+            complete = {n: engine.finished_types[n] and not engine.signals for n in request.types}
+            state.save(complete=complete)
+            report.close()
+            display.summary("mastosync run" + (" (interrupted)" if engine.signals else ""))
+            display.message(f"report: {report.path} ({report.lines} failed or missing objects)")
+    total_failed = sum(s.failed for s in stats.values())
+    if engine.signals:
+        raise Interrupted(engine.signals[0])
+    if total_failed:
+        raise ObjectsFailed(f"{total_failed} objects failed to copy; they are listed in {report.path} "
+                            "and the next run retries them")
 
 
 def verify(settings: Settings, request: Request, as_json: bool) -> None:
-    from mastosync.errors import UsageError
+    """Check the destination against the source; raises VerifyGaps (exit 1) when it lacks anything."""
+    asyncio.run(_verify(settings, request, as_json))
 
-    raise UsageError("`verify` is not available yet in this version")
+
+async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
+    report = Report(settings.sync.state_dir, "verify")
+    out = sys.stdout
+    policy = RetryPolicy(retries=settings.sync.retries)
+    progress = {name: TypeProgress() for name in request.types}
+    async with contextlib.AsyncExitStack() as stack:
+        prepared = await _prepare(stack, settings, request, progress, write=False)
+        stats = prepared.stats
+        # With --json, stdout carries only findings; progress and summary go to stderr.
+        display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
+                          out=sys.stderr if as_json else sys.stdout)
+
+        def finding(job: Job, status: str, reason: str, source_size: int | None,
+                    destination_size: int | None) -> None:
+            entry = {**_entry(job, status, reason, 1), "source_size": source_size,
+                     "destination_size": destination_size}
+            report.write(entry)
+            if as_json:
+                out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            else:
+                display.message(f"{status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t{reason}")
+
+        async def check(job: Job) -> None:
+            s = job.stats
+            try:
+                src = await policy.call(lambda: prepared.source.head(job.source_key))
+                dst = await policy.call(lambda: prepared.destination.head(job.destination_key))
+            except StorageError as exc:
+                s.failed += 1
+                finding(job, "error", str(exc), None, None)
+                return
+            if src is None:
+                s.missing += 1
+                finding(job, "missing", "not found at the source", None, dst.size if dst else None)
+            elif dst is None:
+                s.absent += 1
+                finding(job, "absent", "not at the destination", src.size, None)
+            elif src.size != dst.size:
+                s.different += 1
+                finding(job, "different", f"size {dst.size} at the destination, {src.size} at the source",
+                        src.size, dst.size)
+            else:
+                s.ok += 1
+                s.bytes += src.size
+            job.progress.finish(job.obj.id, True)
+
+        engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display)
+        try:
+            with display.running():
+                await engine.run()
+        finally:
+            for s in stats.values():
+                s.ended = time.monotonic()
+            report.close()
+            display.summary("mastosync verify" + (" (interrupted)" if engine.signals else ""))
+            display.message(f"report: {report.path} ({report.lines} findings)")
+    if engine.signals:
+        raise Interrupted(engine.signals[0])
+    gaps = sum(s.absent + s.different + s.failed for s in stats.values())
+    if gaps:
+        raise VerifyGaps(f"the destination is incomplete: {gaps} objects absent, different or unreadable; "
+                         f"see {report.path}")

@@ -17,9 +17,10 @@ import base64
 import contextlib
 import random
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import botocore.exceptions
@@ -41,6 +42,7 @@ TRANSIENT_CODES = frozenset({
 THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                             "TooManyRequests", "TooManyRequestsException"})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+T = TypeVar("T")
 PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -125,6 +127,19 @@ class RetryPolicy:
         # Throttling means the provider wants fewer requests: start the backoff higher.
         base = self.base * (5 if throttled else 1)
         return random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
+
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Call `fn`, retrying Transient errors with backoff; other errors pass through."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except Transient as exc:
+                if attempt > self.retries:
+                    raise
+                await asyncio.sleep(self.delay(attempt, exc.throttled))
 
 
 class Bucket:

@@ -1,0 +1,145 @@
+"""Resume state and the report of failed and missing objects, both under sync.state_dir.
+
+Resume state, per type: `done_through`, an id such that every record up to it is
+finished, and `failed_ids`, records with an object that failed (retried first by the
+next run). Records stream in id order, so a small ordered window of records in flight
+is enough to advance the mark; memory does not grow with the table. The file is
+keyed by what makes progress comparable (both buckets and prefixes, --since,
+include_remote) and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from mastosync.config import Settings
+from mastosync.redact import redact
+
+VERSION = 1
+
+
+@dataclass
+class TypeProgress:
+    """Tracks which records of one type are finished, for the resume mark."""
+
+    done_through: int | None = None
+    failed_ids: set[int] = field(default_factory=set)
+    retrying: set[int] = field(default_factory=set)  # ids re-read from failed_ids this run
+    _open: OrderedDict[int, list[Any]] = field(default_factory=OrderedDict)  # id → [left, failed]
+
+    def begin(self, record_id: int, objects: int) -> None:
+        """A record was read and expanded into `objects` objects (possibly none)."""
+        self._open[record_id] = [objects, False]
+        if objects == 0:
+            self._advance()
+
+    def finish(self, record_id: int, ok: bool) -> None:
+        """One object of the record is done; `ok` false means it failed."""
+        entry = self._open[record_id]
+        entry[0] -= 1
+        entry[1] = entry[1] or not ok
+        if entry[0] <= 0:
+            self._advance()
+
+    def _advance(self) -> None:
+        while self._open:
+            record_id, (left, failed) = next(iter(self._open.items()))
+            if left > 0:
+                return
+            del self._open[record_id]
+            if failed:
+                self.failed_ids.add(record_id)
+            else:
+                self.failed_ids.discard(record_id)
+            if record_id not in self.retrying:
+                self.done_through = record_id if self.done_through is None else max(self.done_through, record_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"done_through": self.done_through, "failed_ids": sorted(self.failed_ids)}
+
+
+class ResumeState:
+    """The resume file of one source → destination selection."""
+
+    def __init__(self, settings: Settings, since: datetime | None) -> None:
+        src, dst = settings.source, settings.destination
+        self.identity = {
+            "source": [src.endpoint, src.bucket, src.key_prefix.strip("/")],
+            "destination": [dst.endpoint, dst.bucket, dst.key_prefix.strip("/")],
+            "since": since.isoformat() if since else None,
+            "include_remote": settings.sync.include_remote,
+        }
+        digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(settings.sync.state_dir) / f"resume-{digest}.json"
+        self.types: dict[str, TypeProgress] = {}
+        self._saved_at = 0.0
+
+    def load(self, types: tuple[str, ...], restart: bool) -> dict[str, TypeProgress]:
+        """Progress per type from the last unfinished run (nothing with `restart`)."""
+        saved: dict[str, Any] = {}
+        if not restart and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("version") == VERSION and data.get("identity") == self.identity:
+                    saved = data.get("types", {})
+            except (OSError, ValueError):
+                saved = {}  # unreadable state: start over, which is always safe
+        for name in types:
+            entry = saved.get(name) or {}
+            if entry.get("complete"):
+                entry = {}  # a finished run is not resumed: the next run checks everything again
+            self.types[name] = TypeProgress(entry.get("done_through"), set(entry.get("failed_ids", [])))
+        return self.types
+
+    def save(self, complete: dict[str, bool] | None = None, every: float = 0.0) -> None:
+        """Write atomically; with `every`, only if that many seconds passed since the last write."""
+        now = time.monotonic()
+        if every and now - self._saved_at < every:
+            return
+        self._saved_at = now
+        types = {}
+        for name, progress in self.types.items():
+            types[name] = progress.to_json()
+            if complete and complete.get(name) and not progress.failed_ids:
+                types[name]["complete"] = True
+        payload = {"version": VERSION, "identity": self.identity, "types": types,
+                   "saved_at": datetime.now().astimezone().isoformat(timespec="seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class Report:
+    """One JSON line per failed or missing object, written as they happen."""
+
+    def __init__(self, state_dir: str, command: str) -> None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.path = Path(state_dir) / f"report-{command}-{stamp}-{os.getpid()}.jsonl"
+        self._file: IO[str] | None = None
+        self.lines = 0
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
+        self.lines += 1
+
+    def close(self) -> None:
+        if self._file is None:  # an empty report still exists, so its printed path is real
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+        else:
+            self._file.close()

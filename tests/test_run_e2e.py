@@ -1,0 +1,149 @@
+"""`mastosync run` and `verify` end to end, through the CLI as a user runs them, on both S3 servers."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
+from tests.services import instance
+from tests.services.faultproxy import FaultProxy
+from tests.services.s3 import S3Server
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but tab and newline
+
+
+@pytest.fixture
+def proxy(s3: S3Server):
+    p = FaultProxy(s3.port).start()
+    yield p
+    p.stop()
+
+
+def read_report(stdout: str) -> list[dict]:
+    match = re.search(r"report: (\S+\.jsonl)", stdout)
+    assert match, stdout
+    return [json.loads(line) for line in Path(match.group(1)).read_text().splitlines()]
+
+
+async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy, video: int = 40 * 2**20,
+                extra: dict | None = None) -> tuple[instance.Instance, str, str, Path]:
+    inst = instance.build(db.shape, video_size=video)
+    src, dst = new_bucket(s3, "src"), new_bucket(s3, "dst")
+    await instance.seed(inst, db, s3, src)
+    # The destination goes through the counting proxy: a different endpoint, so bytes are
+    # streamed (not server-side copied) and every request is counted.
+    config = write_config(tmp_path / "config.toml", db=db, source=(s3, src), destination=(s3, dst),
+                          destination_endpoint=proxy.endpoint,
+                          extra={"destination": {"acl": "public-read"}, "sync": {"progress_interval": 0.5},
+                                 **(extra or {})})
+    return inst, src, dst, config
+
+
+async def test_run_copies_exactly_what_the_database_references(
+        tmp_path: Path, mastodon_db: MastodonDb, s3: S3Server, proxy: FaultProxy) -> None:
+    inst, src, dst, config = await setup(tmp_path, mastodon_db, s3, proxy)
+    result = run_cli("run", "--all", "--concurrency", "8", config=config)
+    assert result.returncode == 0, result.stderr + result.stdout
+    expected = inst.expected(present=True)
+    assert s3.keys(dst) == set(expected)  # no orphan, nothing missing
+    for key, obj in expected.items():
+        data, resp = s3.get(dst, key)
+        assert data == obj.data, key
+        assert resp["ContentType"] == obj.content_type, key
+        assert resp["CacheControl"] == obj.cache_control, key
+        if s3.supports_acl:
+            assert s3.public_read(dst, key), key
+    report = read_report(result.stdout)
+    assert {r["destination_key"] for r in report} == set(inst.expected(present=False))
+    assert all(r["status"] == "missing" for r in report)
+    assert s3.open_uploads(dst) == []
+    assert not CONTROL.search(result.stdout + result.stderr), "control characters in non-terminal output"
+    assert "progress:" in result.stdout  # plain progress lines, not a live display
+    assert "copied" in result.stdout and "total" in result.stdout
+
+    # A second run over the synced destination moves no data.
+    proxy.reset_counters()
+    again = run_cli("run", "--all", config=config)
+    assert again.returncode == 0, again.stderr
+    assert proxy.count("PutObject", "UploadPart", "CopyObject") == 0
+    assert proxy.count("HeadObject") > 0  # it did check
+
+    verified = run_cli("verify", "--all", config=config)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_verify_finds_deleted_and_truncated_objects(
+        tmp_path: Path, mastodon_db: MastodonDb, s3: S3Server, proxy: FaultProxy) -> None:
+    inst, src, dst, config = await setup(tmp_path, mastodon_db, s3, proxy, video=100_000)
+    assert run_cli("run", config=config).returncode == 0
+    present = sorted(inst.expected(present=True))
+    deleted, truncated = present[0], present[1]
+    s3.client.delete_object(Bucket=dst, Key=deleted)
+    s3.put(dst, truncated, inst.expected()[truncated].data[:10])
+    result = run_cli("verify", "--all", "--json", config=config)
+    assert result.returncode == 1
+    findings = [json.loads(line) for line in result.stdout.splitlines()]
+    by_status = {}
+    for f in findings:
+        by_status.setdefault(f["status"], set()).add(f["destination_key"])
+    assert by_status["absent"] == {deleted}
+    assert by_status["different"] == {truncated}
+    assert by_status["missing"] == set(inst.expected(present=False))
+    assert "incomplete" in result.stderr
+
+
+async def test_selection_options(tmp_path: Path, mastodon_db: MastodonDb, s3: S3Server, proxy: FaultProxy) -> None:
+    inst, src, dst, config = await setup(tmp_path, mastodon_db, s3, proxy, video=100_000)
+    present = inst.expected(present=True)
+
+    assert run_cli("run", "--type", "custom_emojis", "--type", "preview_cards", config=config).returncode == 0
+    assert s3.keys(dst) == {k for k, o in present.items() if o.type in ("custom_emojis", "preview_cards")}
+
+    assert run_cli("run", "--type", "media_attachments", "--limit", "2", "--restart", config=config).returncode == 0
+    media_first_two = {k for k, o in present.items() if o.type == "media_attachments" and o.id in (1, 2)}
+    assert {k for k in s3.keys(dst) if k.split("/")[0] in ("media_attachments", "cache")
+            and "media_attachments" in k} == media_first_two
+
+    dst2 = new_bucket(s3, "since")
+    config2 = write_config(tmp_path / "since.toml", db=mastodon_db, source=(s3, src), destination=(s3, dst2),
+                           destination_endpoint=proxy.endpoint)
+    assert run_cli("run", "--since", "2026-05-01T00:00:00Z", config=config2).returncode == 0
+    assert s3.keys(dst2) == {k for k, o in present.items() if o.updated_at >= datetime(2026, 5, 1)}
+
+    dst3 = new_bucket(s3, "local")
+    config3 = write_config(tmp_path / "local.toml", db=mastodon_db, source=(s3, src), destination=(s3, dst3),
+                           destination_endpoint=proxy.endpoint, extra={"sync": {"include_remote": False}})
+    assert run_cli("run", config=config3).returncode == 0
+    assert s3.keys(dst3) == {k for k, o in present.items() if o.local}
+
+
+async def test_unreachable_services_fail_up_front(tmp_path: Path, mastodon_db: MastodonDb,
+                                                  rclone: S3Server) -> None:
+    from tests.services.process import free_port
+
+    src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
+    config = write_config(tmp_path / "c.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst))
+    cases = {
+        "bucket does not exist": ({"MASTOSYNC_DESTINATION_BUCKET": "no-such-bucket-here"},
+                                  "the bucket does not exist"),
+        "wrong credentials": ({"MASTOSYNC_SOURCE_SECRET_ACCESS_KEY": "wrong-secret-xyz"}, "access denied"),
+        "endpoint unreachable": ({"MASTOSYNC_DESTINATION_ENDPOINT": f"http://127.0.0.1:{free_port()}"},
+                                 "cannot connect to the endpoint"),
+        "database password": ({"MASTOSYNC_DATABASE_PASSWORD": "nope-pw-123"}, "password authentication failed"),
+        "database unreachable": ({"MASTOSYNC_DATABASE_PORT": str(free_port())}, "cannot connect"),
+    }
+    secrets = ("wrong-secret-xyz", "nope-pw-123", rclone.secret_key, mastodon_db.password)
+    for name, (env, message) in cases.items():
+        result = run_cli("run", config=config, env=env, timeout=120)
+        assert result.returncode == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (name, result.stderr)
+        assert message in lines[0], (name, lines[0])
+        for secret in secrets:
+            assert secret not in result.stderr + result.stdout, name
+    assert rclone.keys(dst) == set()  # nothing was copied before the failure was found
