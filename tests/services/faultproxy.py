@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.services.process import free_port
 
@@ -49,6 +49,7 @@ class Counters:
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     put_bytes: int = 0
     headers: collections.Counter[str] = field(default_factory=collections.Counter)  # "Op header-name"
+    stored: collections.Counter[str] = field(default_factory=collections.Counter)  # paths written (200)
     timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
 
 
@@ -152,8 +153,10 @@ class FaultProxy:
             return None, delay
 
     def _record(self, op: str, status: int, fault: str | None, put_bytes: int,
-                headers: dict[str, str] | None = None) -> None:
+                headers: dict[str, str] | None = None, target: str = "") -> None:
         with self._lock:
+            if status == 200 and op in ("PutObject", "CompleteMultipartUpload", "CopyObject"):
+                self.counters.stored[unquote(urlsplit(target).path)] += 1
             for name in headers or ():
                 self.counters.headers[f"{op} {name}"] += 1
             self.counters.operations[op] += 1
@@ -207,7 +210,7 @@ class FaultProxy:
                     up_reader, writer, method, cut=(fault == "truncate" and method == "GET")
                 )
                 self._record(op, status, fault if fault == "truncate" and method == "GET" else None,
-                             len(body) if method == "PUT" else 0, headers)
+                             len(body) if method == "PUT" else 0, headers, target)
                 if not keep:
                     _abort(writer)
                     return
