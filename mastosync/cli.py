@@ -5,6 +5,7 @@ No logic lives here. Every MastosyncError becomes one line on stderr and its exi
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -232,9 +233,20 @@ def verify(
     )
 
 
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
 def _load(config_path: str | None) -> config.Settings:
     settings = config.load(config.config_path(config_path))
     redact.add(settings.secrets)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mastosync: %(levelname)s: %(message)s"))
+    handler.addFilter(_RedactingFilter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     return settings
 
 

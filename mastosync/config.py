@@ -108,6 +108,7 @@ class SyncSettings:
     retries: int = _opt(8, min=0, max=100)
     timeout: float = _opt(60.0, min=1, max=3600)
     progress_interval: float = _opt(5.0, min=0.1, max=3600)
+    db_batch: int = _opt(2000, min=10, max=100_000)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
             if query is None:
                 continue
             lines: list[str] = []
-            async for row in records.stream(db, query):
+            async for row in records.stream(db, query, prefetch=settings.sync.db_batch):
                 for obj in layout.objects_of(object_type, row, request.since):
                     if as_json:
                         lines.append(json.dumps({
@@ -131,6 +131,7 @@ class Engine:
                  display: Display) -> None:
         self.source = settings.source
         self.destination = settings.destination
+        self.batch = settings.sync.db_batch
         self.db = db
         self.request = request
         self.queries = queries
@@ -207,7 +208,7 @@ class Engine:
                                     (self.queries.get(name), progress.done_through)):
                 if query is None:
                     continue
-                async for row in records.stream(self.db, query, after_id=after_id):
+                async for row in records.stream(self.db, query, after_id=after_id, prefetch=self.batch):
                     if self.stop.is_set():
                         return
                     objects = list(layout.objects_of(object_type, row, since))
