@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check mastosync tests bench
 
 demo: $(STAMP)
-	$(BIN)/python -m tests.services.demo
+	$(BIN)/python tests/services/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py

@@ -204,6 +204,7 @@ class Engine:
         for name in self.request.types:
             object_type = layout.TYPES[name]
             progress, stats = self.progress[name], self.stats[name]
+            stats.started = time.monotonic()  # rates per type count from its first record
             for query, after_id in ((self.retry_queries.get(name), None),
                                     (self.queries.get(name), progress.done_through)):
                 if query is None:

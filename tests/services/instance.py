@@ -234,3 +234,54 @@ async def seed(inst: Instance, db: Any, s3: Any, bucket: str, prefix: str = "") 
             s3.put(bucket, full(obj.key), obj.data, obj.content_type, obj.cache_control, acl="public-read")
     for key in inst.orphans:
         s3.put(bucket, full(key), b"orphan " + key.encode(), "image/png")
+
+
+def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0, cards: int = 0,
+             start_id: int = 200_000_000_000_000_000) -> None:
+    """Ordinary records in bulk (snowflake media and accounts, sequential emojis and cards)."""
+    rng = random.Random(7)
+    for n in range(media):
+        rid = start_id + n * 4_194_304
+        remote = n % 5 == 0
+        ext, ct = (("png", "image/png") if n % 3 else ("jpg", "image/jpeg"))
+        name = f"{rid:x}.{ext}"
+        size = int(rng.lognormvariate(10.5, 1.0)) + 100
+        inst.rows["media_attachments"].append({
+            "id": rid, "remote_url": f"https://remote.example/{n}.{ext}" if remote else "",
+            "file_file_name": name, "file_content_type": ct, "file_file_size": size,
+            "file_updated_at": T_OLD, "file_storage_schema_version": 1})
+        digits = f"{rid:018d}"
+        part = "/".join(digits[i:i + 3] for i in range(0, 18, 3))
+        prefix = "cache/" if remote else ""
+        for style, sz in (("original", size), ("small", max(200, size // 8))):
+            inst.objects.append(Obj(f"{prefix}media_attachments/files/{part}/{style}/{name}",
+                                    "media_attachments", rid, ct, sz, local=not remote))
+    for n in range(accounts):
+        rid = start_id + 7 + n * 4_194_304
+        digits = f"{rid:018d}"
+        part = "/".join(digits[i:i + 3] for i in range(0, 18, 3))
+        domain = "remote.example" if n % 2 else None
+        inst.rows["accounts"].append({
+            "id": rid, "username": f"bulk{n}", "domain": domain, "avatar_file_name": f"{n}.png",
+            "avatar_content_type": "image/png", "avatar_file_size": 4000, "avatar_updated_at": T_OLD,
+            "avatar_storage_schema_version": 1})
+        prefix = "cache/" if domain else ""
+        inst.objects.append(Obj(f"{prefix}accounts/avatars/{part}/original/{n}.png", "accounts", rid,
+                                "image/png", 4000, local=domain is None))
+    for n in range(emojis):
+        rid = 1000 + n
+        inst.rows["custom_emojis"].append({
+            "id": rid, "shortcode": f"e{n}", "domain": None, "image_file_name": f"e{n}.png",
+            "image_content_type": "image/png", "image_file_size": 1200, "image_updated_at": T_OLD,
+            "image_storage_schema_version": 1})
+        for style in ("original", "static"):
+            inst.objects.append(Obj(f"custom_emojis/images/000/001/{rid % 1000:03d}/{style}/e{n}.png",
+                                    "custom_emojis", rid, "image/png", 1200))
+    for n in range(cards):
+        rid = 1000 + n
+        inst.rows["preview_cards"].append({
+            "id": rid, "url": f"https://news.example/{n}", "image_file_name": f"c{n}.jpg",
+            "image_content_type": "image/jpeg", "image_file_size": 9000, "image_updated_at": T_OLD,
+            "image_storage_schema_version": 1})
+        inst.objects.append(Obj(f"cache/preview_cards/images/000/001/{rid % 1000:03d}/original/c{n}.jpg",
+                                "preview_cards", rid, "image/jpeg", 9000, local=False))
