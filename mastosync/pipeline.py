@@ -76,9 +76,17 @@ def dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO | N
             sys.stdout = None  # type: ignore[assignment]
 
 
+def _prefix(key_prefix: str) -> str:
+    prefix = key_prefix.strip("/")
+    return prefix + "/" if prefix else ""
+
+
 async def _dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO) -> None:
     filters = filters_for(settings, request)
-    src, dst = settings.source, settings.destination
+    src, dst = _prefix(settings.source.key_prefix), _prefix(settings.destination.key_prefix)
+    # Hand-assembled JSON with the C string encoder: several times faster than json.dumps
+    # of a dict, and this loop runs for every object of the instance.
+    quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
     async with open_database(settings) as db:
         for name in request.types:
             object_type = layout.TYPES[name]
@@ -86,17 +94,19 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
             if query is None:
                 continue
             lines: list[str] = []
+            kind = quote(name)
             async for row in records.stream(db, query, prefetch=settings.sync.db_batch):
-                for obj in layout.objects_of(object_type, row, request.since):
+                for o in layout.objects_of(object_type, row, request.since):
                     if as_json:
-                        lines.append(json.dumps({
-                            "type": obj.type, "id": obj.id, "attachment": obj.attachment,
-                            "style": obj.style, "source_key": src.full_key(obj.key),
-                            "destination_key": dst.full_key(obj.key), "size": obj.size,
-                            "content_type": obj.content_type,
-                        }, ensure_ascii=False))
+                        lines.append(
+                            f'{{"type": {kind}, "id": {o.id}, "attachment": "{o.attachment}", '
+                            f'"style": "{o.style}", "source_key": {quote(src + o.key)}, '
+                            f'"destination_key": {quote(dst + o.key)}, '
+                            f'"size": {"null" if o.size is None else int(o.size)}, '
+                            f'"content_type": {"null" if o.content_type is None else quote(o.content_type)}}}'
+                        )
                     else:
-                        lines.append(f"{obj.type}\t{obj.id}\t{src.full_key(obj.key)}\t{dst.full_key(obj.key)}")
+                        lines.append(f"{name}\t{o.id}\t{src}{o.key}\t{dst}{o.key}")
                 if len(lines) >= 2000:
                     out.write("\n".join(lines) + "\n")
                     lines.clear()

@@ -1,0 +1,82 @@
+"""Dry-run at scale: 1,000,000 media_attachments rows, records/s and peak RSS.
+
+    .venv/bin/python bench/dryrun_scale.py [--rows N]
+
+Starts a throwaway PostgreSQL, fills media_attachments with generate_series (snowflake
+ids, a mix of images, videos and audio, a fifth of them remote), then times
+`mastosync dry-run --all --json > /dev/null` and reports the child's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import DB_PASSWORD, DB_USER, make_db, to_toml  # noqa: E402
+from tests.services.postgres import PostgresServer  # noqa: E402
+
+FILL = """
+INSERT INTO media_attachments (id, remote_url, file_file_name, file_content_type, file_file_size,
+                               file_updated_at, file_storage_schema_version, thumbnail_file_name)
+SELECT 105105582134970663 + g::bigint * 65536,
+       CASE WHEN g % 5 = 0 THEN 'https://remote.example/' || g ELSE '' END,
+       md5(g::text)::varchar(16) || (ARRAY['.jpg', '.png', '.mp4', '.gif', '.mp3'])[g % 5 + 1],
+       (ARRAY['image/jpeg', 'image/png', 'video/mp4', 'image/gif', 'audio/mpeg'])[g % 5 + 1],
+       100000 + g % 100000, now(), 1,
+       CASE WHEN g % 50 = 0 THEN md5(g::text)::varchar(16) || '.jpg' END
+FROM generate_series(1, $1) AS g
+"""
+
+
+async def fill(pg: PostgresServer, rows: int):
+    db = await make_db(pg, "4.6")
+    conn = await db.connect()
+    try:
+        await conn.execute(FILL, rows)
+        await conn.execute("ANALYZE media_attachments")
+    finally:
+        await conn.close()
+    return db
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    pg = PostgresServer().start()
+    try:
+        pg.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+        started = time.monotonic()
+        db = asyncio.run(fill(pg, args.rows))
+        print(f"filled {args.rows:,} rows in {time.monotonic() - started:.1f}s")
+        config = Path(tempfile.mkdtemp()) / "config.toml"
+        config.write_text(to_toml({
+            "database": {"host": pg.host, "port": pg.port, "name": db.name, "user": db.user,
+                         "password": db.password},
+            "source": {"bucket": "old"}, "destination": {"bucket": "new"},
+        }))
+        with open(os.devnull, "w") as devnull:
+            started = time.monotonic()
+            proc = subprocess.Popen([sys.executable, "-m", "mastosync", "dry-run", "--all", "--json",
+                                     "--config", str(config)], stdout=devnull, cwd=ROOT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            elapsed = time.monotonic() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"dry-run failed with {os.waitstatus_to_exitcode(status)}")
+        print(f"dry-run --all --json: {args.rows:,} records in {elapsed:.2f}s = {args.rows / elapsed:,.0f} records/s; "
+              f"peak RSS {usage.ru_maxrss / 1024:.0f} MB; CPU {usage.ru_utime + usage.ru_stime:.1f}s")
+    finally:
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()
