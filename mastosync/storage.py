@@ -17,6 +17,7 @@ import base64
 import contextlib
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,9 +60,10 @@ class NotFound(StorageError):
 class Transient(StorageError):
     """Worth retrying: throttling, server errors, resets, timeouts, truncated bodies."""
 
-    def __init__(self, message: str, throttled: bool = False) -> None:
+    def __init__(self, message: str, throttled: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.throttled = throttled
+        self.unreachable = unreachable  # no connection could be made at all
 
 
 class Permanent(StorageError):
@@ -87,6 +89,9 @@ def classify(exc: BaseException, what: str) -> StorageError:
         return Permanent(f"{what}: no credentials configured")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return Permanent(redact(f"{what}: {exc}"))
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                        aiohttp.ClientConnectorError, ConnectionRefusedError)):
+        return Transient(redact(f"{what}: cannot connect ({type(exc).__name__})"), unreachable=True)
     if isinstance(exc, (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError,
                         asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)):
         return Transient(redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")))
@@ -142,6 +147,62 @@ class RetryPolicy:
                 await asyncio.sleep(self.delay(attempt, exc.throttled))
 
 
+class Pacer:
+    """How many requests an endpoint gets at once, and whether it is down.
+
+    Additive increase, multiplicative decrease (as TCP): a throttling answer (503
+    SlowDown, 429) halves the requests allowed in flight, each success adds a little
+    back. So a provider that asks us to slow down sees fewer requests per second, not the
+    same rate of retries. An endpoint that answers nothing at all for `down_after`
+    seconds is declared down, and the remaining objects fail at once instead of each
+    waiting through its retries.
+    """
+
+    def __init__(self, limit: int, down_after: float) -> None:
+        self.max = float(limit)
+        self.limit = float(limit)
+        self.in_flight = 0
+        self.down_after = down_after
+        self._cond = asyncio.Condition()
+        self._last_cut = 0.0
+        self._unreachable_since: float | None = None
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify(1)
+
+    def answered(self) -> None:
+        """Any answer, even an error, shows the endpoint is up."""
+        self._unreachable_since = None
+
+    def succeeded(self) -> None:
+        self._unreachable_since = None
+        if self.limit < self.max:
+            self.limit = min(self.max, self.limit + 1.0 / self.limit)
+
+    def throttled(self) -> None:
+        self._unreachable_since = None
+        now = time.monotonic()
+        if now - self._last_cut > 0.1:  # one cut per burst of throttled answers
+            self._last_cut = now
+            self.limit = max(1.0, self.limit / 2)
+
+    def unreachable(self) -> None:
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+
+    @property
+    def down(self) -> bool:
+        since = self._unreachable_since
+        return since is not None and time.monotonic() - since > self.down_after
+
+
 class Bucket:
     """A bucket on an endpoint. Use as an async context manager: the client lives for the run."""
 
@@ -154,6 +215,29 @@ class Bucket:
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
+        self.pacer = Pacer(pool_size, down_after=timeout)
+
+    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One S3 call, paced, with its errors classified."""
+        if self.pacer.down:
+            raise Permanent(f"{what}: {self.describe()} has been unreachable for over "
+                            f"{self.pacer.down_after:.0f}s; giving up")
+        await self.pacer.acquire()
+        try:
+            result = await call()
+        except Exception as exc:
+            error = classify(exc, what)
+            if error.throttled:
+                self.pacer.throttled()
+            elif getattr(error, "unreachable", False):
+                self.pacer.unreachable()
+            else:
+                self.pacer.answered()
+            raise error from None
+        finally:
+            await self.pacer.release()
+        self.pacer.succeeded()
+        return result
 
     def describe(self) -> str:
         return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
@@ -228,19 +312,14 @@ class Bucket:
 
     async def head(self, key: str) -> Head | None:
         try:
-            return _head(await self.client.head_object(Bucket=self.name, Key=key))
-        except Exception as exc:
-            error = classify(exc, f"HEAD {key}")
-            if isinstance(error, NotFound):
-                return None
-            raise error from None
+            return _head(await self._request(f"HEAD {key}",
+                                             lambda: self.client.head_object(Bucket=self.name, Key=key)))
+        except NotFound:
+            return None
 
     async def get(self, key: str) -> tuple[Head, Any]:
         """Start a GET: the head and the streaming body (to be read, then closed)."""
-        try:
-            resp = await self.client.get_object(Bucket=self.name, Key=key)
-        except Exception as exc:
-            raise classify(exc, f"GET {key}") from None
+        resp = await self._request(f"GET {key}", lambda: self.client.get_object(Bucket=self.name, Key=key))
         return _head(resp), resp["Body"]
 
     async def put(self, key: str, data: bytes, head: Head, extra: dict[str, Any]) -> None:
@@ -248,46 +327,31 @@ class Bucket:
         md5 = head.content_md5
         if md5 and len(data) == head.size:
             args["ContentMD5"] = md5
-        try:
-            await self.client.put_object(**args)
-        except Exception as exc:
-            raise classify(exc, f"PUT {key}") from None
+        await self._request(f"PUT {key}", lambda: self.client.put_object(**args))
 
     async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, Any]) -> None:
         """Server-side copy from another bucket on the same endpoint and account."""
-        try:
-            await self.client.copy_object(
-                Bucket=self.name, Key=key, CopySource={"Bucket": source.name, "Key": source_key},
-                MetadataDirective="COPY", **extra,
-            )
-        except Exception as exc:
-            raise classify(exc, f"COPY {source_key}") from None
+        await self._request(f"COPY {source_key}", lambda: self.client.copy_object(
+            Bucket=self.name, Key=key, CopySource={"Bucket": source.name, "Key": source_key},
+            MetadataDirective="COPY", **extra,
+        ))
 
     async def start_multipart(self, key: str, extra: dict[str, Any]) -> str:
-        try:
-            resp = await self.client.create_multipart_upload(Bucket=self.name, Key=key, **extra)
-        except Exception as exc:
-            raise classify(exc, f"CreateMultipartUpload {key}") from None
+        resp = await self._request(f"CreateMultipartUpload {key}", lambda: self.client.create_multipart_upload(
+            Bucket=self.name, Key=key, **extra))
         return str(resp["UploadId"])
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> str:
-        try:
-            resp = await self.client.upload_part(
-                Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
-                ContentLength=len(data), ContentMD5=md5,
-            )
-        except Exception as exc:
-            raise classify(exc, f"UploadPart {number} of {key}") from None
+        resp = await self._request(f"UploadPart {number} of {key}", lambda: self.client.upload_part(
+            Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+            ContentLength=len(data), ContentMD5=md5,
+        ))
         return str(resp["ETag"])
 
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
         parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
-        try:
-            await self.client.complete_multipart_upload(
-                Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        except Exception as exc:
-            raise classify(exc, f"CompleteMultipartUpload {key}") from None
+        await self._request(f"CompleteMultipartUpload {key}", lambda: self.client.complete_multipart_upload(
+            Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort, retrying a little: an upload left open is billed until someone notices."""

@@ -83,7 +83,7 @@ class Copier:
     server_side: bool = False
 
     async def copy(self, source_key: str, destination_key: str) -> Outcome:
-        attempt = 0
+        attempt = failures = throttles = 0
         while True:
             attempt += 1
             try:
@@ -92,9 +92,13 @@ class Copier:
             except NotFound:
                 return Outcome(MISSING, 0, attempt, "not found at the source")
             except Transient as exc:
-                if attempt > self.policy.retries:
+                # Being throttled is the provider pacing us, not the object failing: it has a
+                # budget of its own, so a SlowDown storm does not use up the retries.
+                throttles += exc.throttled
+                failures += not exc.throttled
+                if failures > self.policy.retries or throttles > 4 * self.policy.retries + 8:
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
-                await asyncio.sleep(self.policy.delay(attempt, exc.throttled))
+                await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled))
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
