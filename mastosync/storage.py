@@ -17,6 +17,7 @@ import base64
 import contextlib
 import random
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -89,13 +90,21 @@ def classify(exc: BaseException, what: str) -> StorageError:
         return Permanent(f"{what}: no credentials configured")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return Permanent(redact(f"{what}: {exc}"))
-    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
-                        aiohttp.ClientConnectorError, ConnectionRefusedError)):
+    if _cannot_connect(exc):
         return Transient(redact(f"{what}: cannot connect ({type(exc).__name__})"), unreachable=True)
     if isinstance(exc, (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError,
                         asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)):
         return Transient(redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")))
     return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
+
+
+def _cannot_connect(exc: BaseException) -> bool:
+    """No connection could be made (refused, DNS, connect timeout), as opposed to one that broke."""
+    if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+        return True
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        exc = getattr(exc, "kwargs", {}).get("error") or exc  # botocore wraps aiohttp's error
+    return isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, socket.gaierror))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +193,9 @@ class Pacer:
     def succeeded(self) -> None:
         self._unreachable_since = None
         if self.limit < self.max:
-            self.limit = min(self.max, self.limit + 1.0 / self.limit)
+            # Recover linearly (a quarter request per success, at least): after a storm
+            # the full rate is back within a few hundred requests.
+            self.limit = min(self.max, self.limit + max(0.25, 1.0 / self.limit))
 
     def throttled(self) -> None:
         self._unreachable_since = None
@@ -231,8 +242,8 @@ class Bucket:
                 self.pacer.throttled()
             elif getattr(error, "unreachable", False):
                 self.pacer.unreachable()
-            else:
-                self.pacer.answered()
+            elif isinstance(exc, botocore.exceptions.ClientError):
+                self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
             raise error from None
         finally:
             await self.pacer.release()
@@ -275,21 +286,40 @@ class Bucket:
 
     # -- checks before a run -------------------------------------------------------------
 
-    async def check(self, write: bool = False) -> None:
-        """Fail with BucketError if the bucket cannot be reached or read (and written)."""
+    async def check(self, write: bool = False, policy: RetryPolicy | None = None) -> None:
+        """Fail with BucketError if the bucket cannot be reached or read (and written).
+
+        Transient answers (a 503, a reset) are retried a few times first: a busy provider
+        is not a misconfiguration.
+        """
+        policy = policy or RetryPolicy(retries=4)
         try:
-            await self.client.list_objects_v2(Bucket=self.name, MaxKeys=1)
+            await self._retrying(policy, lambda: self.client.list_objects_v2(Bucket=self.name, MaxKeys=1))
         except Exception as exc:
             raise BucketError(self._explain(exc)) from None
         if write:
             # An aborted multipart upload proves write access without leaving an object behind.
             key = ".mastosync-write-check"
             try:
-                upload = await self.client.create_multipart_upload(Bucket=self.name, Key=key)
-                await self.client.abort_multipart_upload(Bucket=self.name, Key=key,
-                                                         UploadId=upload["UploadId"])
+                upload = await self._retrying(
+                    policy, lambda: self.client.create_multipart_upload(Bucket=self.name, Key=key))
+                await self.abort_multipart(key, upload["UploadId"])
             except Exception as exc:
                 raise BucketError(self._explain(exc, "write")) from None
+
+    @staticmethod
+    async def _retrying(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried while its error is Transient but not "cannot connect"; the original error escapes."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except Exception as exc:
+                error = classify(exc, "check")
+                if not isinstance(error, Transient) or error.unreachable or attempt > policy.retries:
+                    raise
+                await asyncio.sleep(policy.delay(attempt, error.throttled))
 
     def _explain(self, exc: BaseException, action: str = "read") -> str:
         where = self.describe()
