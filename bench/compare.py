@@ -1,0 +1,255 @@
+"""mastosync against rclone on the same job, on this machine.
+
+    .venv/bin/python bench/compare.py [--objects 3000] [--concurrency 32] [--pairs 2]
+
+Starts two `rclone serve s3` servers on fresh directories and a throwaway PostgreSQL,
+creates a synthetic instance (media_attachments, originals log-normal around 100 KB,
+1% videos of 5-40 MB, each with its small style), then runs, alternately and on fresh
+destination buckets, `mastosync run --all` and `rclone copy --files-from-raw` of the same
+keys with the same concurrency. Prints wall time, objects/s, MB/s, CPU seconds and peak
+RSS of each tool process, and the objects/s ratio (median over the pairs). Also: a rerun
+over a complete destination, a latency-bound case through a proxy adding 25 ms to every
+request, and peak RSS at concurrency 64 with the videos in the mix. Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import DB_PASSWORD, DB_USER, make_db, to_toml  # noqa: E402
+from tests.services.faultproxy import FaultProxy  # noqa: E402
+from tests.services.postgres import PostgresServer  # noqa: E402
+from tests.services.s3 import RcloneServer, rclone_binary  # noqa: E402
+
+MB = 1_000_000
+
+
+@dataclass
+class Measure:
+    tool: str
+    wall: float
+    cpu: float
+    rss_mb: float
+    objects: int
+    size: int
+
+    @property
+    def rate(self) -> float:
+        return self.objects / self.wall
+
+    def line(self) -> str:
+        return (f"{self.tool:<10} {self.wall:7.2f}s {self.rate:8.1f} obj/s {self.size / MB / self.wall:7.1f} MB/s "
+                f"cpu {self.cpu:6.2f}s  peak RSS {self.rss_mb:6.1f} MB")
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MB) of a child process; fails loudly on error."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{argv[0]} exited {code}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def make_instance(count_objects: int, seed: int = 1, small_only: bool = False) -> tuple[list[dict], dict[str, int]]:
+    """Rows and {key: size}: every row has an original and a small style (2 objects)."""
+    rng = random.Random(seed)
+    rows, objects = [], {}
+    for n in range(count_objects // 2):
+        rid = 105105582134970663 + n * 65536
+        digits = f"{rid:018d}"
+        part = "/".join(digits[i:i + 3] for i in range(0, 18, 3))
+        if small_only:
+            size, name, ct, small = rng.randint(2000, 20000), f"{n:016x}.jpg", "image/jpeg", f"{n:016x}.jpg"
+        elif rng.random() < 0.01:
+            size, name, ct, small = rng.randint(5 * MB, 40 * MB), f"{n:016x}.mp4", "video/mp4", f"{n:016x}.png"
+        else:
+            size = min(16 * MB, int(rng.lognormvariate(math.log(100_000), 1.0)) + 200)
+            name, ct, small = f"{n:016x}.jpg", "image/jpeg", f"{n:016x}.jpg"
+        rows.append({"id": rid, "file_file_name": name, "file_content_type": ct, "file_file_size": size})
+        objects[f"media_attachments/files/{part}/original/{name}"] = size
+        objects[f"media_attachments/files/{part}/small/{small}"] = max(500, min(size // 8, 60_000))
+    return rows, objects
+
+
+def write_objects(server: RcloneServer, bucket: str, objects: dict[str, int]) -> None:
+    """Straight into the served directory: much faster than uploading, same result for both tools."""
+    rng = random.Random(3)
+    base = server.root / "data" / bucket
+    block = rng.randbytes(1 << 20)
+    for key, size in objects.items():
+        path = base / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            left = size
+            while left:
+                chunk = block[: min(left, len(block))]
+                f.write(chunk)
+                left -= len(chunk)
+
+
+async def seed_db(pg: PostgresServer, rows: list[dict]):
+    db = await make_db(pg, "4.6")
+    conn = await db.connect()
+    try:
+        await conn.executemany(
+            "INSERT INTO media_attachments (id, file_file_name, file_content_type, file_file_size) "
+            "VALUES ($1, $2, $3, $4)",
+            [(r["id"], r["file_file_name"], r["file_content_type"], r["file_file_size"]) for r in rows])
+    finally:
+        await conn.close()
+    return db
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="mastosync-bench-"))
+        self.pg = PostgresServer().start()
+        self.pg.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+        self.src = RcloneServer().start()
+        self.dst = RcloneServer().start()
+        self.runs = 0
+
+    def stop(self) -> None:
+        for server in (self.dst, self.src, self.pg):
+            server.stop()
+
+    def rclone_env(self, src_endpoint: str, dst_endpoint: str) -> dict[str, str]:
+        env = dict(os.environ, RCLONE_CONFIG=str(self.tmp / "rclone.conf"))
+        for name, server, endpoint in (("SRC", self.src, src_endpoint), ("DST", self.dst, dst_endpoint)):
+            env.update({f"RCLONE_CONFIG_{name}_TYPE": "s3", f"RCLONE_CONFIG_{name}_PROVIDER": "Other",
+                        f"RCLONE_CONFIG_{name}_ENDPOINT": endpoint,
+                        f"RCLONE_CONFIG_{name}_ACCESS_KEY_ID": server.access_key,
+                        f"RCLONE_CONFIG_{name}_SECRET_ACCESS_KEY": server.secret_key,
+                        f"RCLONE_CONFIG_{name}_FORCE_PATH_STYLE": "true"})
+        return env
+
+    def fresh_bucket(self) -> str:
+        self.runs += 1
+        name = f"dst-{self.runs}"
+        self.dst.create_bucket(name)
+        return name
+
+    def mastosync(self, db, src_bucket: str, dst_bucket: str, concurrency: int, *extra: str,
+                  src_endpoint: str | None = None, dst_endpoint: str | None = None) -> tuple[float, float, float]:
+        config = self.tmp / f"m-{dst_bucket}.toml"
+        config.write_text(to_toml({
+            "database": {"host": self.pg.host, "port": self.pg.port, "name": db.name, "user": db.user,
+                         "password": db.password},
+            "source": {"endpoint": src_endpoint or self.src.endpoint, "bucket": src_bucket,
+                       "access_key_id": self.src.access_key, "secret_access_key": self.src.secret_key},
+            "destination": {"endpoint": dst_endpoint or self.dst.endpoint, "bucket": dst_bucket, "acl": "",
+                            "access_key_id": self.dst.access_key, "secret_access_key": self.dst.secret_key},
+            "sync": {"concurrency": concurrency, "state_dir": str(self.tmp / "state" / dst_bucket)},
+        }))
+        return timed([sys.executable, "-m", "mastosync", "run", "--all", "--config", str(config), *extra])
+
+    def rclone(self, src_bucket: str, dst_bucket: str, keys: Path, concurrency: int,
+               src_endpoint: str | None = None, dst_endpoint: str | None = None) -> tuple[float, float, float]:
+        env = self.rclone_env(src_endpoint or self.src.endpoint, dst_endpoint or self.dst.endpoint)
+        return timed([rclone_binary(), "copy", f"src:{src_bucket}", f"dst:{dst_bucket}", "--files-from-raw",
+                      str(keys), "--no-traverse", "--transfers", str(concurrency), "--checkers", str(concurrency),
+                      "--s3-no-check-bucket", "--s3-upload-cutoff", "16M", "--s3-chunk-size", "8M"], env=env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=2)
+    args = parser.parse_args()
+    bench = Bench(args)
+    try:
+        run(bench, args)
+    finally:
+        bench.stop()
+
+
+def run(bench: Bench, args: argparse.Namespace) -> None:
+    rows, objects = make_instance(args.objects)
+    total = sum(objects.values())
+    bench.src.create_bucket("src")
+    write_objects(bench.src, "src", objects)
+    db = asyncio.run(seed_db(bench.pg, rows))
+    keys = bench.tmp / "keys.txt"
+    keys.write_text("\n".join(objects) + "\n")
+    videos = sum(1 for k in objects if k.endswith(".mp4"))
+    print(f"machine: {os.cpu_count()} cores; instance: {len(objects)} objects ({videos} videos), "
+          f"{total / MB:.0f} MB; concurrency {args.concurrency}")
+
+    print("\n== fresh copy, alternating ==")
+    ratios, m_runs, r_runs = [], [], []
+    for _ in range(args.pairs):
+        dst = bench.fresh_bucket()
+        m = Measure("mastosync", *bench.mastosync(db, "src", dst, args.concurrency), len(objects), total)
+        print(m.line())
+        dst_r = bench.fresh_bucket()
+        r = Measure("rclone", *bench.rclone("src", dst_r, keys, args.concurrency), len(objects), total)
+        print(r.line())
+        ratios.append(m.rate / r.rate)
+        m_runs.append((m, dst))
+        r_runs.append((r, dst_r))
+    print(f"objects/s ratio mastosync/rclone (median of {len(ratios)} pairs): {statistics.median(ratios):.2f}")
+
+    print("\n== rerun over a complete destination ==")
+    m = Measure("mastosync", *bench.mastosync(db, "src", m_runs[0][1], args.concurrency, "--restart"),
+                len(objects), 0)
+    r = Measure("rclone", *bench.rclone("src", r_runs[0][1], keys, args.concurrency), len(objects), 0)
+    print(m.line())
+    print(r.line())
+    print(f"rerun speed-up mastosync vs rclone: {r.wall / m.wall:.2f}x")
+
+    print("\n== peak RSS at concurrency 64, videos in the mix ==")
+    wall, cpu, rss = bench.mastosync(db, "src", bench.fresh_bucket(), 64)
+    print(f"mastosync --concurrency 64: {wall:.2f}s, peak RSS {rss:.1f} MB")
+
+    print("\n== latency-bound: 2,000 objects of 2-20 KB, +25 ms on every request, concurrency 64 ==")
+    small_rows, small = make_instance(2000, seed=9, small_only=True)
+    bench.src.create_bucket("small")
+    write_objects(bench.src, "small", small)
+    small_db = asyncio.run(seed_db(bench.pg, small_rows))
+    src_proxy, dst_proxy = FaultProxy(bench.src.port).start(), FaultProxy(bench.dst.port).start()
+    for proxy in (src_proxy, dst_proxy):
+        proxy.set_faults(latency=0.025)
+    try:
+        wall, cpu, rss = bench.mastosync(small_db, "small", bench.fresh_bucket(), 64,
+                                         src_endpoint=src_proxy.endpoint, dst_endpoint=dst_proxy.endpoint)
+        requests = sum(p.counters.operations.total() for p in (src_proxy, dst_proxy))
+        object_requests = requests - 4  # the up-front bucket checks
+        per_object = object_requests / len(small)
+        ideal = 64 / (per_object * 0.025)
+        print(f"mastosync: {len(small) / wall:.0f} obj/s, {per_object:.2f} requests/object, ideal "
+              f"{ideal:.0f} obj/s -> {len(small) / wall / ideal:.0%} of ideal (cpu {cpu:.1f}s)")
+        keys_small = bench.tmp / "keys-small.txt"
+        keys_small.write_text("\n".join(small) + "\n")
+        for p in (src_proxy, dst_proxy):
+            p.reset_counters()
+        wall_r, cpu_r, _ = bench.rclone("small", bench.fresh_bucket(), keys_small, 64,
+                                        src_endpoint=src_proxy.endpoint, dst_endpoint=dst_proxy.endpoint)
+        requests_r = sum(p.counters.operations.total() for p in (src_proxy, dst_proxy)) / len(small)
+        print(f"rclone:    {len(small) / wall_r:.0f} obj/s, {requests_r:.2f} requests/object (cpu {cpu_r:.1f}s)")
+    finally:
+        src_proxy.stop()
+        dst_proxy.stop()
+
+
+if __name__ == "__main__":
+    main()
