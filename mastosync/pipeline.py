@@ -26,8 +26,18 @@ from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
 from mastosync.progress import Display, Stats
 from mastosync.redact import redact
 from mastosync.state import Report, ResumeState, TypeProgress
-from mastosync.storage import Bucket, RetryPolicy, StorageError
-from mastosync.transfer import COPIED, FAILED, MISSING, SKIPPED, Copier, MemoryBudget, Outcome
+from mastosync.storage import Bucket, Head, RetryPolicy, StorageError
+from mastosync.transfer import (
+    ABSENT,
+    COPIED,
+    FAILED,
+    MISSING,
+    SKIPPED,
+    Copier,
+    Known,
+    MemoryBudget,
+    Outcome,
+)
 from mastosync.tunnel import Tunnel
 
 
@@ -126,10 +136,54 @@ class Job:
     destination_key: str
     progress: TypeProgress
     stats: Stats
+    known: Known | None = None  # sizes learnt by listing, if any
 
 
 Action = Callable[[Job], Awaitable[None]]
+Annotate = Callable[[list[Job]], Awaitable[None]]
 GRACE_SECONDS = 10.0  # after Ctrl-C, copies in flight get this long to finish
+BATCH_OBJECTS = 1000  # objects looked up together by listing (one ListObjectsV2 page)
+
+ATTACHMENT_PATHS = {(t.name, a.name): a.path for t in layout.TYPES.values() for a in t.attachments}
+
+
+def listing_root(obj: layout.MediaObject) -> str:
+    """The key prefix up to the id partition, e.g. "cache/accounts/avatars/"."""
+    cache = "cache/" if obj.key.startswith("cache/") else ""
+    return f"{cache}{ATTACHMENT_PATHS[obj.type, obj.attachment]}/"
+
+
+async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, source_too: str) -> None:
+    """Fill in each job's sizes by listing key ranges instead of one HEAD per object.
+
+    Records arrive in id order, so a batch's keys under one root sit in a narrow key range
+    that one or two ListObjectsV2 pages cover. `source_too`: "never", "always", or
+    "if-present" (list the source only where the destination already has objects, i.e.
+    on a rerun). Listing is an optimisation: on any error or an orphan-heavy range the
+    jobs simply keep asking with HEAD.
+    """
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(listing_root(job.obj), []).append(job)
+    for root, group in groups.items():
+        pages = 2 + len(group) // 500
+        destination_sizes = await _sizes(destination, root, [j.destination_key for j in group], pages)
+        source_sizes = None
+        if source_too == "always" or (source_too == "if-present" and destination_sizes):
+            source_sizes = await _sizes(source, root, [j.source_key for j in group], pages)
+        for job in group:
+            job.known = Known(
+                None if source_sizes is None else source_sizes.get(job.source_key, ABSENT),
+                None if destination_sizes is None else destination_sizes.get(job.destination_key, ABSENT),
+            )
+
+
+async def _sizes(bucket: Bucket, root: str, keys: list[str], pages: int) -> dict[str, int] | None:
+    prefix = _prefix(bucket.settings.key_prefix)
+    try:
+        return await bucket.sizes_between(prefix + root, min(keys), max(keys), pages)
+    except StorageError:
+        return None
 
 
 class Engine:
@@ -138,10 +192,13 @@ class Engine:
     def __init__(self, settings: Settings, db: records.Database, request: Request,
                  queries: dict[str, records.Query | None], retry_queries: dict[str, records.Query | None],
                  progress: dict[str, TypeProgress], stats: dict[str, Stats], action: Action,
-                 display: Display) -> None:
+                 display: Display, annotate: Annotate | None = None) -> None:
+        self.annotate = annotate
         self.source = settings.source
         self.destination = settings.destination
         self.batch = settings.sync.db_batch
+        # Objects looked up per listing: about what one database batch brings.
+        self.list_batch = min(BATCH_OBJECTS, 2 * settings.sync.db_batch)
         self.db = db
         self.request = request
         self.queries = queries
@@ -219,16 +276,26 @@ class Engine:
                                     (self.queries.get(name), progress.done_through)):
                 if query is None:
                     continue
+                batch: list[Job] = []
                 async for row in records.stream(self.db, query, after_id=after_id, prefetch=self.batch):
                     if self.stop.is_set():
                         return
-                    objects = list(layout.objects_of(object_type, row, since))
+                    objects = layout.objects_of(object_type, row, since)
                     stats.records += 1
                     progress.begin(row["id"], len(objects))
-                    for obj in objects:
-                        await self.queue.put(Job(obj, self.source.full_key(obj.key),
-                                                 self.destination.full_key(obj.key), progress, stats))
+                    batch.extend(Job(obj, self.source.full_key(obj.key), self.destination.full_key(obj.key),
+                                     progress, stats) for obj in objects)
+                    if len(batch) >= self.list_batch:
+                        await self._hand_out(batch)
+                        batch = []
+                await self._hand_out(batch)
             self.finished_types[name] = True
+
+    async def _hand_out(self, batch: list[Job]) -> None:
+        if batch and self.annotate is not None:
+            await self.annotate(batch)
+        for job in batch:
+            await self.queue.put(job)
 
     async def _worker(self) -> None:
         while (job := await self.queue.get()) is not None:
@@ -309,6 +376,14 @@ async def _run(settings: Settings, request: Request) -> None:
         prepared = await _prepare(stack, settings, request, progress, write=True)
         stats = prepared.stats
         display = Display(list(stats.values()), settings.sync.progress_interval)
+        if state.unaborted:  # multipart uploads a previous run could not abort
+            pending, state.unaborted = state.unaborted, []
+            for key, upload_id in pending:
+                await prepared.destination.abort_multipart(key, upload_id)
+            state.unaborted = prepared.destination.unaborted
+            display.message(f"mastosync: aborted {len(pending) - len(state.unaborted)} multipart uploads "
+                            "left open by an earlier run")
+        state.unaborted = prepared.destination.unaborted  # the same list: filled as aborts fail
         if resumed:
             display.message("mastosync: resuming an unfinished run (--restart starts over): "
                             + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
@@ -324,7 +399,7 @@ async def _run(settings: Settings, request: Request) -> None:
 
         async def copy(job: Job) -> None:
             try:
-                outcome = await copier.copy(job.source_key, job.destination_key)
+                outcome = await copier.copy(job.source_key, job.destination_key, job.known)
             except StorageError as exc:  # classified but escaped: count it, never lose the worker
                 outcome = Outcome(FAILED, 0, 1, str(exc))
             except Exception as exc:
@@ -345,8 +420,11 @@ async def _run(settings: Settings, request: Request) -> None:
             job.progress.finish(job.obj.id, outcome.status != FAILED)
             state.save(every=2.0)
 
+        async def annotate(jobs: list[Job]) -> None:
+            await learn_sizes(jobs, prepared.source, prepared.destination, "if-present")
+
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
-                        stats, copy, display)
+                        stats, copy, display, annotate)
         try:
             with display.running():
                 await engine.run()
@@ -395,9 +473,14 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
 
         async def check(job: Job) -> None:
             s = job.stats
+            known = job.known or Known()
             try:
-                src = await policy.call(lambda: prepared.source.head(job.source_key))
-                dst = await policy.call(lambda: prepared.destination.head(job.destination_key))
+                # Listed sizes save the HEADs; a key a listing did not show is asked about
+                # again before it is reported.
+                src = (Head(known.source_size) if known.source_size not in (None, ABSENT)
+                       else await policy.call(lambda: prepared.source.head(job.source_key)))
+                dst = (Head(known.destination_size) if known.destination_size not in (None, ABSENT)
+                       else await policy.call(lambda: prepared.destination.head(job.destination_key)))
             except StorageError as exc:
                 s.failed += 1
                 finding(job, "error", str(exc), None, None)
@@ -417,7 +500,11 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
                 s.bytes += src.size
             job.progress.finish(job.obj.id, True)
 
-        engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display)
+        async def annotate(jobs: list[Job]) -> None:
+            await learn_sizes(jobs, prepared.source, prepared.destination, "always")
+
+        engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
+                        annotate)
         try:
             with display.running():
                 await engine.run()

@@ -80,16 +80,19 @@ class ResumeState:
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(settings.sync.state_dir) / f"resume-{digest}.json"
         self.types: dict[str, TypeProgress] = {}
+        self.unaborted: list[tuple[str, str]] = []  # (key, upload id) still to abort
         self._saved_at = 0.0
 
     def load(self, types: tuple[str, ...], restart: bool) -> dict[str, TypeProgress]:
         """Progress per type from the last unfinished run (nothing with `restart`)."""
         saved: dict[str, Any] = {}
-        if not restart and self.path.exists():
+        if self.path.exists():
             try:
                 data = json.loads(self.path.read_text())
                 if data.get("version") == VERSION and data.get("identity") == self.identity:
-                    saved = data.get("types", {})
+                    saved = {} if restart else data.get("types", {})
+                    # Open uploads are billed: they are aborted even when progress is not resumed.
+                    self.unaborted = [tuple(u) for u in data.get("unaborted", [])]  # type: ignore[misc]
             except (OSError, ValueError):
                 saved = {}  # unreadable state: start over, which is always safe
         for name in types:
@@ -111,6 +114,7 @@ class ResumeState:
             if complete and complete.get(name) and not progress.failed_ids:
                 types[name]["complete"] = True
         payload = {"version": VERSION, "identity": self.identity, "types": types,
+                   "unaborted": [list(u) for u in self.unaborted],
                    "saved_at": datetime.now().astimezone().isoformat(timespec="seconds")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

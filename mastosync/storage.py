@@ -227,12 +227,17 @@ class Bucket:
         self._stack = contextlib.AsyncExitStack()
         self.client: Any = None
         self.pacer = Pacer(pool_size, down_after=timeout)
+        self.unaborted: list[tuple[str, str]] = []  # multipart uploads an abort could not reach
 
-    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One S3 call, paced, with its errors classified."""
+    def ensure_up(self, what: str) -> None:
+        """Raise Permanent once the endpoint has been declared down."""
         if self.pacer.down:
             raise Permanent(f"{what}: {self.describe()} has been unreachable for over "
                             f"{self.pacer.down_after:.0f}s; giving up")
+
+    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One S3 call, paced, with its errors classified."""
+        self.ensure_up(what)
         await self.pacer.acquire()
         try:
             result = await call()
@@ -383,6 +388,30 @@ class Bucket:
         await self._request(f"CompleteMultipartUpload {key}", lambda: self.client.complete_multipart_upload(
             Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
 
+    async def sizes_between(self, root: str, first: str, last: str, max_pages: int) -> dict[str, int] | None:
+        """Sizes of the keys under `root` from `first` to `last` (inclusive), by listing.
+
+        One request lists up to 1,000 keys, where a HEAD tells about one. Returns None when
+        the range holds more than `max_pages` pages of other keys (orphans): then HEADs are
+        cheaper. Every key in [first, last] that exists is in the answer.
+        """
+        found: dict[str, int] = {}
+        args: dict[str, Any] = {"Bucket": self.name, "Prefix": root, "MaxKeys": 1000,
+                                "StartAfter": first[:-1]}  # StartAfter is exclusive
+        for _ in range(max_pages):
+            page = await self._request(f"LIST {root}", lambda a=dict(args): self.client.list_objects_v2(**a))
+            contents = page.get("Contents", [])
+            for item in contents:
+                key = item["Key"]
+                if key > last:
+                    return found
+                found[key] = item["Size"]
+            if not page.get("IsTruncated") or not contents:
+                return found
+            args["ContinuationToken"] = page["NextContinuationToken"]
+            args.pop("StartAfter", None)
+        return None
+
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort, retrying a little: an upload left open is billed until someone notices."""
         for attempt in range(4):
@@ -391,7 +420,11 @@ class Bucket:
                 return
             except Exception as exc:
                 error = classify(exc, "AbortMultipartUpload")
-                if isinstance(error, (NotFound, Permanent)) or attempt == 3:
+                if isinstance(error, NotFound):
+                    return  # already gone
+                if isinstance(error, Permanent) or attempt == 3:
+                    # Remembered in the resume state; the next run aborts it.
+                    self.unaborted.append((key, upload_id))
                     return
                 await asyncio.sleep(0.2 * 2**attempt)
 

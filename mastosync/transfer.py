@@ -17,7 +17,7 @@ import asyncio
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mastosync.config import DestinationSettings
 from mastosync.storage import (
@@ -36,6 +36,19 @@ COPIED = "copied"
 SKIPPED = "skipped"
 MISSING = "missing"
 FAILED = "failed"
+
+
+ABSENT = -1  # a listing showed the key does not exist
+
+
+class Known(NamedTuple):
+    """Sizes learnt by listing before the copy: None means not known (ask with HEAD)."""
+
+    source_size: int | None = None
+    destination_size: int | None = None
+
+
+NOTHING_KNOWN = Known()
 
 
 @dataclass(slots=True)
@@ -82,12 +95,15 @@ class Copier:
     budget: MemoryBudget
     server_side: bool = False
 
-    async def copy(self, source_key: str, destination_key: str) -> Outcome:
+    async def copy(self, source_key: str, destination_key: str, known: Known | None = None) -> Outcome:
+        """Copy one object. `known` holds sizes already learnt by listing, saving HEADs."""
         attempt = failures = throttles = 0
         while True:
             attempt += 1
             try:
-                status, moved = await self._copy_once(source_key, destination_key)
+                # A retry asks again: what was listed may have changed since.
+                hints = known if attempt == 1 and known is not None else NOTHING_KNOWN
+                status, moved = await self._copy_once(source_key, destination_key, hints)
                 return Outcome(status, moved, attempt)
             except NotFound:
                 return Outcome(MISSING, 0, attempt, "not found at the source")
@@ -102,13 +118,22 @@ class Copier:
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
-    async def _copy_once(self, source_key: str, destination_key: str) -> tuple[str, int]:
-        present = await self.destination.head(destination_key)
-        if present is not None:
-            source = await self.source.head(source_key)
-            if source is None:
-                raise NotFound(source_key)
-            if source.size == present.size:
+    async def _copy_once(self, source_key: str, destination_key: str, known: Known) -> tuple[str, int]:
+        # A destination declared down fails the object now, before its source is read.
+        self.destination.ensure_up(f"PUT {destination_key}")
+        if known.destination_size is None:
+            present = await self.destination.head(destination_key)
+            destination_size = present.size if present is not None else ABSENT
+        else:
+            destination_size = known.destination_size
+        if destination_size != ABSENT:
+            source_size = known.source_size
+            if source_size is None or source_size == ABSENT:  # absent in a listing: make sure
+                source = await self.source.head(source_key)
+                if source is None:
+                    raise NotFound(source_key)
+                source_size = source.size
+            if source_size == destination_size:
                 return SKIPPED, 0
         if self.server_side:
             source = await self.source.head(source_key)

@@ -216,3 +216,13 @@ def test_memory_stays_bounded_with_eight_large_copies(moto: S3Server) -> None:
     growth_mib = (probe["after_kib"] - probe["before_kib"]) / 1024
     print(f"peak RSS growth copying 8 x 40 MiB concurrently: {growth_mib:.1f} MiB")
     assert growth_mib < 8 * 2 * 8 + 32  # 8 copies x 2 parts x 8 MiB, plus a fixed overhead
+
+
+async def test_sizes_between_lists_exactly_a_key_range(s3: S3Server) -> None:
+    bucket = new_bucket(s3, "list")
+    for i in range(40):
+        s3.put(bucket, f"media/{i:03d}/original/x.png", b"x" * i)
+    s3.put(bucket, "other/010/original/x.png", b"nope")
+    async with Bucket(BucketSettings(**bucket_settings(s3, bucket)), 4) as b:
+        sizes = await b.sizes_between("media/", "media/010/original/x.png", "media/020/original/x.png", 2)
+    assert sizes == {f"media/{i:03d}/original/x.png": i for i in range(10, 21)}

@@ -206,11 +206,16 @@ class FaultProxy:
                 up_writer.write(raw_head + body)
                 await up_writer.drain()
                 assert up_reader is not None
-                status, keep = await self._relay_response(
-                    up_reader, writer, method, cut=(fault == "truncate" and method == "GET")
-                )
-                self._record(op, status, fault if fault == "truncate" and method == "GET" else None,
-                             len(body) if method == "PUT" else 0, headers, target)
+                cut = fault == "truncate" and method == "GET"
+
+                put_bytes = len(body) if method == "PUT" else 0
+
+                def record(status: int, op: str = op, put_bytes: int = put_bytes,
+                           headers: dict[str, str] = headers, target: str = target, cut: bool = cut) -> None:
+                    # Counted before the client sees the answer, so tests never race the count.
+                    self._record(op, status, "truncate" if cut else None, put_bytes, headers, target)
+
+                status, keep = await self._relay_response(up_reader, writer, method, cut, record)
                 if not keep:
                     _abort(writer)
                     return
@@ -224,7 +229,7 @@ class FaultProxy:
                 writer.close()
 
     async def _relay_response(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              method: str, cut: bool) -> tuple[int, bool]:
+                              method: str, cut: bool, record) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
         """Copy one response; with `cut`, send half the body and report the connection dead."""
         while True:
             head = await _read_head(up)
@@ -232,6 +237,8 @@ class FaultProxy:
                 raise ConnectionResetError("upstream closed")
             status_line, headers, raw = head
             status = int(status_line.split(" ", 2)[1])
+            if status != 100:
+                record(status)
             writer.write(raw)
             if status != 100:
                 break
