@@ -392,8 +392,9 @@ async def _run(settings: Settings, request: Request) -> None:
             prepared.source, prepared.destination, settings.destination,
             multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
             policy=RetryPolicy(retries=sync.retries),
-            # Object bytes held at once: room for two single-PUT objects and two parts.
-            budget=MemoryBudget(2 * sync.multipart_threshold + 2 * sync.part_size),
+            # Object bytes held at once: one object at the threshold plus one part. Reading a
+            # body briefly holds it twice (blocks, then joined), so this bounds about twice that.
+            budget=MemoryBudget(sync.multipart_threshold + sync.part_size),
             server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
         )
 
