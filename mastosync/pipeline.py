@@ -355,6 +355,22 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
     return Prepared(db, source, destination, queries, retry_queries, stats)
 
 
+async def _drive(engine: Engine, stats: dict[str, Stats], display: Display, report: Report, command: str,
+                 counted: str, save_state: Callable[[], None] | None = None) -> None:
+    """Run the engine under the progress display; whatever happens, close the books and summarise."""
+    try:
+        with display.running():
+            await engine.run()
+    finally:
+        for s in stats.values():
+            s.ended = time.monotonic()
+        if save_state is not None:
+            save_state()
+        report.close()
+        display.summary(f"mastosync {command}" + (" (interrupted)" if engine.signals else ""))
+        display.message(f"report: {report.path} ({report.lines} {counted})")
+
+
 def _entry(job: Job, status: str, reason: str | None, attempts: int) -> dict[str, Any]:
     o = job.obj
     return {"type": o.type, "id": o.id, "attachment": o.attachment, "style": o.style,
@@ -426,17 +442,11 @@ async def _run(settings: Settings, request: Request) -> None:
 
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
                         stats, copy, display, annotate)
-        try:
-            with display.running():
-                await engine.run()
-        finally:
-            for s in stats.values():
-                s.ended = time.monotonic()
-            complete = {n: engine.finished_types[n] and not engine.signals for n in request.types}
-            state.save(complete=complete)
-            report.close()
-            display.summary("mastosync run" + (" (interrupted)" if engine.signals else ""))
-            display.message(f"report: {report.path} ({report.lines} failed or missing objects)")
+
+        def save_state() -> None:
+            state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
+
+        await _drive(engine, stats, display, report, "run", "failed or missing objects", save_state)
     total_failed = sum(s.failed for s in stats.values())
     if engine.signals:
         raise Interrupted(engine.signals[0])
@@ -506,15 +516,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
 
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
                         annotate)
-        try:
-            with display.running():
-                await engine.run()
-        finally:
-            for s in stats.values():
-                s.ended = time.monotonic()
-            report.close()
-            display.summary("mastosync verify" + (" (interrupted)" if engine.signals else ""))
-            display.message(f"report: {report.path} ({report.lines} findings)")
+        await _drive(engine, stats, display, report, "verify", "findings")
     if engine.signals:
         raise Interrupted(engine.signals[0])
     gaps = sum(s.absent + s.different + s.failed for s in stats.values())

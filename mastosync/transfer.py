@@ -24,7 +24,6 @@ from mastosync.storage import (
     Bucket,
     Head,
     NotFound,
-    Permanent,
     RetryPolicy,
     StorageError,
     Transient,
@@ -126,22 +125,16 @@ class Copier:
             destination_size = present.size if present is not None else ABSENT
         else:
             destination_size = known.destination_size
+        source_size = known.source_size if known.source_size != ABSENT else None  # absent in a listing: ask
         if destination_size != ABSENT:
-            source_size = known.source_size
-            if source_size is None or source_size == ABSENT:  # absent in a listing: make sure
-                source = await self.source.head(source_key)
-                if source is None:
-                    raise NotFound(source_key)
-                source_size = source.size
+            source_size = source_size if source_size is not None else await self._source_size(source_key)
             if source_size == destination_size:
                 return SKIPPED, 0
         if self.server_side:
-            source = await self.source.head(source_key)
-            if source is None:
-                raise NotFound(source_key)
+            source_size = source_size if source_size is not None else await self._source_size(source_key)
             await self.destination.copy(self.source, source_key, destination_key,
                                         upload_extra(self.settings, Head(0)))
-            return COPIED, source.size
+            return COPIED, source_size
         head, body = await self.source.get(source_key)
         try:
             extra = upload_extra(self.settings, head)
@@ -152,6 +145,12 @@ class Copier:
         finally:
             body.close()
         return COPIED, head.size
+
+    async def _source_size(self, source_key: str) -> int:
+        source = await self.source.head(source_key)
+        if source is None:
+            raise NotFound(source_key)
+        return source.size
 
     async def _single(self, body: Any, head: Head, key: str, extra: dict[str, Any]) -> None:
         held = await self.budget.acquire(head.size)
@@ -220,5 +219,3 @@ async def _read(body: Any, size: int, exact_end: bool) -> bytes:
     except Exception as exc:
         raise classify(exc, "reading the source body") from None
 
-
-__all__ = ["COPIED", "FAILED", "MISSING", "SKIPPED", "Copier", "MemoryBudget", "Outcome", "Permanent"]

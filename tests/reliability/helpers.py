@@ -3,14 +3,36 @@ and checking that no secret leaked anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, MastodonDb, write_config
 from tests.services.faultproxy import FaultProxy
+from tests.services.s3 import S3Server
+
+
+@contextlib.contextmanager
+def fault_proxy(server: S3Server, seed: int = 1234, **faults: float) -> Iterator[FaultProxy]:
+    """A started fault proxy in front of `server`, always stopped afterwards."""
+    proxy = FaultProxy(server.port, seed=seed).start()
+    proxy.set_faults(**faults)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def config_behind_proxy(tmp_path: Path, db: MastodonDb, server: S3Server, source: str, destination: str,
+                        proxy: FaultProxy, **sync: object) -> Path:
+    """A config copying `source` to `destination` on `server`, the destination reached through `proxy`."""
+    return write_config(tmp_path / "config.toml", db=db, source=(server, source),
+                        destination=(server, destination), destination_endpoint=proxy.endpoint,
+                        extra={"sync": dict(sync)})
 
 
 def start_run(config: Path, *args: str) -> subprocess.Popen[str]:

@@ -13,7 +13,14 @@ import pytest
 
 from mastosync.config import MiB
 from tests.conftest import DB_PASSWORD, MastodonDb, new_bucket, run_cli, write_config
-from tests.reliability.helpers import assert_no_secrets, start_run, summary_row, wait_stored
+from tests.reliability.helpers import (
+    assert_no_secrets,
+    config_behind_proxy,
+    fault_proxy,
+    start_run,
+    summary_row,
+    wait_stored,
+)
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
 from tests.services.s3 import SECRET_KEY, S3Server
@@ -69,12 +76,9 @@ async def test_faults_on_both_sides(tmp_path: Path, mastodon_db: MastodonDb, s3:
 async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
     inst, src = await seeded(mastodon_db, moto, media=150)
     dst = new_bucket(moto, "dst")
-    proxy = FaultProxy(moto.port).start()
-    proxy.set_faults(latency=0.02)
-    try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
-                              destination_endpoint=proxy.endpoint,
-                              extra={"sync": {**FAST_SYNC, "timeout": 3, "concurrency": 4}})
+    with fault_proxy(moto, latency=0.02) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+                                     **{**FAST_SYNC, "timeout": 3, "concurrency": 4})
         proc = start_run(config)
         wait_stored(proxy, 30, proc)
         proxy.set_down(True)
@@ -101,19 +105,15 @@ async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonD
         if open_during_outage:
             assert "aborted" in again.stdout
         assert_no_secrets(SECRETS, out, err, again.stdout, again.stderr, state_dir=tmp_path / "state")
-    finally:
-        proxy.stop()
 
 
 async def test_throttling_storm_slows_down_then_completes(tmp_path: Path, mastodon_db: MastodonDb,
                                                           moto: S3Server) -> None:
     inst, src = await seeded(mastodon_db, moto, media=300, video=1000)
     dst = new_bucket(moto, "dst")
-    proxy = FaultProxy(moto.port, seed=5).start()
-    proxy.set_faults(latency=0.01)
-    try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
-                              destination_endpoint=proxy.endpoint, extra={"sync": {**FAST_SYNC, "concurrency": 16}})
+    with fault_proxy(moto, seed=5, latency=0.01) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+                                     **{**FAST_SYNC, "concurrency": 16})
         proc = start_run(config)
         wait_stored(proxy, 40, proc)
         calm_start = time.monotonic()
@@ -135,19 +135,14 @@ async def test_throttling_storm_slows_down_then_completes(tmp_path: Path, mastod
               f"retries {summary_row(out)['retries']}")
         assert during < before / 2, (before, during)
         assert_exact(moto, dst, inst)
-    finally:
-        proxy.stop()
 
 
 async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
     inst, src = await seeded(mastodon_db, moto, media=200, video=1000)
     dst = new_bucket(moto, "dst")
-    proxy = FaultProxy(moto.port).start()
-    proxy.set_faults(latency=0.01)
-    try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
-                              destination_endpoint=proxy.endpoint,
-                              extra={"sync": {**FAST_SYNC, "db_batch": 20, "concurrency": 4}})
+    with fault_proxy(moto, latency=0.01) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+                                     **{**FAST_SYNC, "db_batch": 20, "concurrency": 4})
         proc = start_run(config)
         wait_stored(proxy, 60, proc)
         mastodon_db.server.restart()
@@ -156,8 +151,6 @@ async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb,
         assert "reconnecting" in err
         assert all(n == 1 for n in proxy.counters.stored.values())  # nothing copied twice
         assert_exact(moto, dst, inst)
-    finally:
-        proxy.stop()
 
 
 async def test_weird_but_valid_data(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
