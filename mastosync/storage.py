@@ -1,38 +1,55 @@
-"""One S3 endpoint and bucket: client set-up, the few calls mastosync makes, and the retry policy.
+"""One S3 endpoint and bucket: the few calls mastosync makes, their errors, and the retry policy.
 
-The client is created once per run, with a connection pool as large as the
-concurrency, checksums only "when required" (B2, R2, Wasabi and older MinIO reject
-botocore's new defaults), no `Expect: 100-continue` round trip, and botocore's own
-retries off: a streamed GET cannot be retried by botocore, so every retry is decided
-here and in transfer.py, from a fresh request.
+Requests are signed here (sigv4.py) and sent on one aiohttp session per bucket per run,
+whose connection pool is as large as the concurrency. botocore is not on this path: its
+per-request machinery costs more CPU than copying a typical Mastodon image (see the
+README's Performance section). It is still used, lazily, for one thing it does well:
+finding credentials when the configuration gives none (environment, ~/.aws, instance role).
 
-Errors are classified once, here, into three kinds the transfer engine acts on:
-NotFound (the object is missing), Transient (retry later) and Permanent (give up).
+What is sent matches what S3-compatible providers accept: no `Expect: 100-continue`
+(an extra round trip per upload, and a known source of hangs), no new-style default
+checksums (B2, R2, Wasabi and older MinIO reject them), Content-MD5 on every upload we
+can give one, and the payload hash signed over plain HTTP as botocore does (over HTTPS,
+TLS protects it and UNSIGNED-PAYLOAD saves hashing every byte twice).
+
+Every error is classified once, here, into the three kinds the transfer engine acts on:
+NotFound (the object is missing), Transient (retry later) and Permanent (give up). A
+streamed GET is never retried here: a retry is a fresh GET, decided in transfer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import collections
+import hashlib
+import html
 import random
 import re
 import socket
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote_plus, urlsplit
 
 import aiohttp
-import botocore.exceptions
-import botocore.handlers
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
+from yarl import URL
 
+from mastosync import __version__
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
 from mastosync.redact import redact
+from mastosync.sigv4 import (
+    EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
+    Credentials,
+    Signer,
+    canonical_query,
+    encode_key,
+)
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({
@@ -43,15 +60,28 @@ TRANSIENT_CODES = frozenset({
 })
 THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
                             "TooManyRequests", "TooManyRequestsException"})
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
+ACCESS_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                          "InvalidToken", "ExpiredToken"})
 T = TypeVar("T")
 PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
+ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
+ERROR_BODY_LIMIT = 64 * 1024
+USER_AGENT = f"mastosync/{__version__}"
+CREDENTIALS_REFRESH_SECONDS = 60.0
 
 
 class StorageError(Exception):
     """A failed S3 call, already classified; the message is safe to show."""
 
     throttled = False
+    unreachable = False
+
+    def __init__(self, message: str, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code  # the S3 error code, when the server answered with one
+        self.status = status  # the HTTP status, when the server answered
 
 
 class NotFound(StorageError):
@@ -61,8 +91,9 @@ class NotFound(StorageError):
 class Transient(StorageError):
     """Worth retrying: throttling, server errors, resets, timeouts, truncated bodies."""
 
-    def __init__(self, message: str, throttled: bool = False, unreachable: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, throttled: bool = False, unreachable: bool = False,
+                 code: str = "", status: int = 0) -> None:
+        super().__init__(message, code, status)
         self.throttled = throttled
         self.unreachable = unreachable  # no connection could be made at all
 
@@ -71,40 +102,40 @@ class Permanent(StorageError):
     """Retrying will not help: access denied, no such bucket, bad request."""
 
 
+def answer_error(what: str, status: int, body: bytes) -> StorageError:
+    """The error an S3 answer stands for, from its status and (if any) its XML error body."""
+    found = ERROR_CODE.search(body)
+    code = html.unescape(found.group(1).decode("utf-8", "replace")) if found else ""
+    found = ERROR_MESSAGE.search(body)
+    message = html.unescape(found.group(1).decode("utf-8", "replace")) if found else ""
+    text = redact(f"{what}: {code or status}{': ' + message if message else ''}")
+    if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+        return NotFound(text, code, status)
+    if code in TRANSIENT_CODES or (status in TRANSIENT_STATUS and code not in ACCESS_CODES):
+        throttled = code in THROTTLE_CODES or status in (429, 503)
+        return Transient(text, throttled=throttled, code=code, status=status)
+    return Permanent(text, code, status)
+
+
 def classify(exc: BaseException, what: str) -> StorageError:
     """Any exception from an S3 call → NotFound, Transient or Permanent."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        message = error.get("Message") or ""
-        text = redact(f"{what}: {code or status}{': ' + message if message else ''}")
-        if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
-            return NotFound(text)
-        if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
-            return Transient(text, throttled=code in THROTTLE_CODES or status in (429, 503))
-        return Permanent(text)
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return Permanent(f"{what}: no credentials configured")
-    if isinstance(exc, botocore.exceptions.ParamValidationError):
-        return Permanent(redact(f"{what}: {exc}"))
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.certificate_error})"))
     if _cannot_connect(exc):
         return Transient(redact(f"{what}: cannot connect ({type(exc).__name__})"), unreachable=True)
-    if isinstance(exc, (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError,
-                        asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError)):
-        return Transient(redact(f"{what}: {type(exc).__name__}: {exc}".rstrip(": ")))
+    if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                        ConnectionError)):
+        detail = str(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"
+        return Transient(redact(f"{what}: {type(exc).__name__}: {detail}".rstrip(": ")))
     return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
 
 
 def _cannot_connect(exc: BaseException) -> bool:
     """No connection could be made (refused, DNS, connect timeout), as opposed to one that broke."""
-    if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
-        return True
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        exc = getattr(exc, "kwargs", {}).get("error") or exc  # botocore wraps aiohttp's error
-    return isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError, socket.gaierror))
+    return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+                            ConnectionRefusedError, socket.gaierror))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +156,8 @@ class Head:
         return None
 
 
-def _head(resp: dict[str, Any]) -> Head:
-    return Head(resp["ContentLength"], resp.get("ETag"), resp.get("ContentType"), resp.get("CacheControl"))
+def _head(headers: Any, size: int) -> Head:
+    return Head(size, headers.get("ETag"), headers.get("Content-Type"), headers.get("Cache-Control"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +172,6 @@ class RetryPolicy:
         # Throttling means the provider wants fewer requests: start the backoff higher.
         base = self.base * (5 if throttled else 1)
         return random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
-
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Call `fn`, retrying Transient errors with backoff; other errors pass through."""
@@ -172,19 +202,39 @@ class Pacer:
         self.limit = float(limit)
         self.in_flight = 0
         self.down_after = down_after
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._last_cut = 0.0
         self._unreachable_since: float | None = None
 
-    async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
-            self.in_flight += 1
+    def _allowed(self) -> int:
+        return max(1, int(self.limit))
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.in_flight -= 1
-            self._cond.notify(1)
+    async def acquire(self) -> None:
+        """Wait for a slot, first come first served."""
+        if not self._waiters and self.in_flight < self._allowed():
+            self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _wake counts the slot for us before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken and cancelled at once: hand the slot on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self._allowed():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
     def answered(self) -> None:
         """Any answer, even an error, shows the endpoint is up."""
@@ -196,6 +246,7 @@ class Pacer:
             # Recover linearly (a quarter request per success, at least): after a storm
             # the full rate is back within a few hundred requests.
             self.limit = min(self.max, self.limit + max(0.25, 1.0 / self.limit))
+            self._wake()
 
     def throttled(self) -> None:
         self._unreachable_since = None
@@ -214,8 +265,75 @@ class Pacer:
         return since is not None and time.monotonic() - since > self.down_after
 
 
+def bucket_url(settings: BucketSettings) -> tuple[str, str]:
+    """(origin, path prefix) of the bucket: objects are at origin + prefix + encoded key.
+
+    "path" puts the bucket in the path (MinIO, most S3-compatible providers); "virtual" in
+    the host name (AWS's preference); "auto" picks virtual only on AWS, for names that
+    can be host names.
+    """
+    endpoint = settings.endpoint or f"https://s3.{settings.region or 'us-east-1'}.amazonaws.com"
+    parts = urlsplit(endpoint)
+    base_path = parts.path.rstrip("/")
+    style = settings.addressing_style
+    if style == "auto":
+        dns_name = re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", settings.bucket) is not None
+        aws = (parts.hostname or "").endswith(".amazonaws.com")
+        style = "virtual" if dns_name and aws else "path"
+    if style == "virtual":
+        return f"{parts.scheme}://{settings.bucket}.{parts.netloc}", f"{base_path}/"
+    return f"{parts.scheme}://{parts.netloc}", f"{base_path}/{quote(settings.bucket, safe='')}/"
+
+
+class Body:
+    """A GET's body, streamed: read it in exact pieces, then close it."""
+
+    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+        self._response = response
+        self._what = what
+        self._left = b""  # received past the end of the previous piece
+
+    async def read(self, size: int, last: bool) -> bytearray:
+        """The next `size` bytes, in one buffer of exactly that size.
+
+        The blocks aiohttp receives are copied into a preallocated buffer as they come,
+        so a body is never held twice (readexactly would join a list of blocks). A body
+        that ends early, or (with `last`) goes on past `size`, is Transient.
+        """
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        content = self._response.content
+        block, self._left = self._left, b""
+        filled = 0
+        try:
+            while True:
+                take = min(len(block), size - filled)
+                view[filled:filled + take] = block[:take]
+                filled += take
+                if take < len(block):
+                    self._left = block[take:]
+                    break
+                if filled == size:
+                    break
+                block = await content.readany()
+                if not block:
+                    raise Transient(f"{self._what}: body truncated: got {filled} of {size} bytes")
+            if last and (self._left or (not content.at_eof() and await content.read(1))):
+                raise Transient(f"{self._what}: body longer than its Content-Length")
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise classify(exc, f"{self._what}: reading the body") from None
+        finally:
+            view.release()
+        return buffer
+
+    def close(self) -> None:
+        self._response.release() if self._response.content.at_eof() else self._response.close()
+
+
 class Bucket:
-    """A bucket on an endpoint. Use as an async context manager: the client lives for the run."""
+    """A bucket on an endpoint. Use as an async context manager: the session lives for the run."""
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
                  label: str = "bucket") -> None:
@@ -224,10 +342,107 @@ class Bucket:
         self.label = label
         self._pool_size = pool_size
         self._timeout = timeout
-        self._stack = contextlib.AsyncExitStack()
-        self.client: Any = None
+        self.session: aiohttp.ClientSession | None = None
         self.pacer = Pacer(pool_size, down_after=timeout)
         self.unaborted: list[tuple[str, str]] = []  # multipart uploads an abort could not reach
+        self._origin, self._path = bucket_url(settings)
+        self._host = URL(self._origin).raw_authority  # exactly what aiohttp sends as Host
+        self._https = self._origin.startswith("https:")
+        self._signer: Signer | None = None
+        self._credential_source: Any = None  # botocore's, when the configuration has no keys
+        self._credentials_checked = 0.0
+
+    def describe(self) -> str:
+        return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
+
+    async def __aenter__(self) -> Bucket:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=30)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self._timeout, 20),
+                                        sock_read=self._timeout)
+        # trust_env: HTTPS_PROXY / NO_PROXY apply, as they did with botocore.
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=True,
+            skip_auto_headers=("Accept-Encoding", "Content-Type"), headers={"User-Agent": USER_AGENT})
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # -- credentials and signing ---------------------------------------------------------
+
+    async def _get_signer(self) -> Signer:
+        s = self.settings
+        if self._signer is None and (s.access_key_id or s.secret_access_key):
+            self._signer = Signer(Credentials(s.access_key_id, s.secret_access_key, s.session_token),
+                                  s.region or "us-east-1")
+        if self._credential_source is None and self._signer is not None:
+            return self._signer
+        now = time.monotonic()
+        if self._signer is None or now - self._credentials_checked > CREDENTIALS_REFRESH_SECONDS:
+            self._credentials_checked = now
+            if self._credential_source is None:
+                # Imported only here: most runs configure keys, and botocore is heavy.
+                from aiobotocore.session import AioSession
+                self._credential_source = await AioSession().get_credentials()
+                if self._credential_source is None:
+                    raise Permanent(f"{self.describe()}: no credentials (set access_key_id and "
+                                    "secret_access_key)", code="NoCredentials")
+            frozen = await self._credential_source.get_frozen_credentials()
+            credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token or "")
+            if self._signer is None or self._signer.credentials != credentials:
+                self._signer = Signer(credentials, s.region or "us-east-1")
+        return self._signer
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def _send(self, method: str, key: str | None, what: str, query: dict[str, str] | None = None,
+                    headers: dict[str, str] | None = None, body: bytes | bytearray = b"",
+                    stream: bool = False) -> tuple[aiohttp.ClientResponse, bytes]:
+        """One S3 request, paced and signed; an error answer raises, classified.
+
+        Returns the response and its body; with `stream`, the body is left unread (the
+        caller reads and releases it).
+        """
+        self.ensure_up(what)
+        signer = await self._get_signer()
+        path = self._path + (encode_key(key) if key is not None else "")
+        query_string = canonical_query(query) if query else ""
+        if not body:
+            payload_hash = EMPTY_SHA256
+        elif self._https:
+            payload_hash = UNSIGNED_PAYLOAD
+        else:
+            payload_hash = hashlib.sha256(body).hexdigest()
+        signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash)
+        url = URL(f"{self._origin}{path}{'?' + query_string if query_string else ''}", encoded=True)
+        assert self.session is not None, "Bucket used outside `async with`"
+        await self.pacer.acquire()
+        try:
+            response = await self.session.request(method, url, headers=signed, data=body or None,
+                                                  allow_redirects=False)
+            if response.status >= 300:
+                try:
+                    error_body = await response.content.read(ERROR_BODY_LIMIT) if method != "HEAD" else b""
+                finally:
+                    response.close()
+                raise answer_error(what, response.status, error_body)
+            data = b"" if stream else await response.read()
+        except Exception as exc:
+            error = classify(exc, what)
+            if error.throttled:
+                self.pacer.throttled()
+            elif error.unreachable:
+                self.pacer.unreachable()
+            elif error.status:
+                self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
+            raise error from None
+        finally:
+            self.pacer.release()
+        self.pacer.succeeded()
+        return response, data
 
     def ensure_up(self, what: str) -> None:
         """Raise Permanent once the endpoint has been declared down."""
@@ -235,59 +450,20 @@ class Bucket:
             raise Permanent(f"{what}: {self.describe()} has been unreachable for over "
                             f"{self.pacer.down_after:.0f}s; giving up")
 
-    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """One S3 call, paced, with its errors classified."""
-        self.ensure_up(what)
-        await self.pacer.acquire()
+    async def _xml(self, method: str, key: str | None, what: str, query: dict[str, str],
+                   headers: dict[str, str] | None = None, body: bytes = b"") -> ET.Element:
+        """A request whose answer is an XML document. S3 may answer 200 with an <Error> in it
+        (CopyObject, CompleteMultipartUpload): that is an error like any other."""
+        _, data = await self._send(method, key, what, query, headers, body)
         try:
-            result = await call()
-        except Exception as exc:
-            error = classify(exc, what)
-            if error.throttled:
-                self.pacer.throttled()
-            elif getattr(error, "unreachable", False):
-                self.pacer.unreachable()
-            elif isinstance(exc, botocore.exceptions.ClientError):
-                self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
-            raise error from None
-        finally:
-            await self.pacer.release()
-        self.pacer.succeeded()
-        return result
-
-    def describe(self) -> str:
-        return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
-
-    async def __aenter__(self) -> Bucket:
-        s = self.settings
-        config = AioConfig(
-            region_name=s.region or None,
-            max_pool_connections=self._pool_size,
-            connect_timeout=min(self._timeout, 20),
-            read_timeout=self._timeout,
-            retries={"total_max_attempts": 1},  # all retrying is ours: see the module docstring
-            s3={"addressing_style": s.addressing_style},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            tcp_keepalive=True,
-        )
-        credentials: dict[str, Any] = {}
-        if s.access_key_id or s.secret_access_key:
-            credentials = {"aws_access_key_id": s.access_key_id,
-                           "aws_secret_access_key": s.secret_access_key,
-                           "aws_session_token": s.session_token or None}
-        session = AioSession()
-        self.client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=s.endpoint or None, config=config, **credentials)
-        )
-        # botocore asks for `Expect: 100-continue` on every upload: one more round trip per
-        # object, and a known source of hangs with aiohttp. We send bodies straight away.
-        self.client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self._stack.aclose()
+            root = ET.fromstring(data)
+        except ET.ParseError:
+            raise Transient(f"{what}: the answer is not valid XML") from None
+        for element in root.iter():
+            element.tag = element.tag.rpartition("}")[2]  # drop the S3 namespace
+        if root.tag == "Error":
+            raise answer_error(what, 200, data)
+        return root
 
     # -- checks before a run -------------------------------------------------------------
 
@@ -299,94 +475,102 @@ class Bucket:
         """
         policy = policy or RetryPolicy(retries=4)
         try:
-            await self._retrying(policy, lambda: self.client.list_objects_v2(Bucket=self.name, MaxKeys=1))
-        except Exception as exc:
+            await self._retrying(policy, lambda: self._xml(
+                "GET", None, "ListObjectsV2", {"list-type": "2", "max-keys": "1"}))
+        except StorageError as exc:
             raise BucketError(self._explain(exc)) from None
         if write:
             # An aborted multipart upload proves write access without leaving an object behind.
             key = ".mastosync-write-check"
             try:
-                upload = await self._retrying(
-                    policy, lambda: self.client.create_multipart_upload(Bucket=self.name, Key=key))
-                await self.abort_multipart(key, upload["UploadId"])
-            except Exception as exc:
+                upload_id = await self._retrying(policy, lambda: self.start_multipart(key, {}))
+                await self.abort_multipart(key, upload_id)
+            except StorageError as exc:
                 raise BucketError(self._explain(exc, "write")) from None
 
     @staticmethod
     async def _retrying(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, retried while its error is Transient but not "cannot connect"; the original error escapes."""
+        """`call`, retried while its error is Transient but not "cannot connect"."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await call()
-            except Exception as exc:
-                error = classify(exc, "check")
-                if not isinstance(error, Transient) or error.unreachable or attempt > policy.retries:
+            except Transient as error:
+                if error.unreachable or attempt > policy.retries:
                     raise
                 await asyncio.sleep(policy.delay(attempt, error.throttled))
 
-    def _explain(self, exc: BaseException, action: str = "read") -> str:
+    def _explain(self, error: StorageError, action: str = "read") -> str:
         where = self.describe()
-        if isinstance(exc, botocore.exceptions.ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code == "NoSuchBucket":
-                return f"{where}: the bucket does not exist"
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
-                return f"{where}: access denied ({code or status}) on {action}; check the access key, secret and permissions"
-            return redact(f"{where}: {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
-        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        if error.code == "NoSuchBucket":
+            return f"{where}: the bucket does not exist"
+        if error.code == "NoCredentials":
             return f"{where}: no credentials (set access_key_id and secret_access_key)"
-        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, OSError, aiohttp.ClientError,
-                            botocore.exceptions.ConnectTimeoutError)):
+        if error.code in ACCESS_CODES or error.status == 403:
+            return (f"{where}: access denied ({error.code or error.status}) on {action}; check the "
+                    "access key, secret and permissions")
+        if error.unreachable:
             return f"{where}: cannot connect to the endpoint"
-        return redact(f"{where}: {type(exc).__name__}: {exc}")
+        if error.status == 404:
+            return f"{where}: the bucket does not exist (404)"
+        return redact(f"{where}: {error}")
 
     # -- object calls: each raises a classified StorageError -----------------------------
 
     async def head(self, key: str) -> Head | None:
         try:
-            return _head(await self._request(f"HEAD {key}",
-                                             lambda: self.client.head_object(Bucket=self.name, Key=key)))
+            response, _ = await self._send("HEAD", key, f"HEAD {key}")
         except NotFound:
             return None
+        return _head(response.headers, int(response.headers.get("Content-Length", 0)))
 
-    async def get(self, key: str) -> tuple[Head, Any]:
+    async def get(self, key: str) -> tuple[Head, Body]:
         """Start a GET: the head and the streaming body (to be read, then closed)."""
-        resp = await self._request(f"GET {key}", lambda: self.client.get_object(Bucket=self.name, Key=key))
-        return _head(resp), resp["Body"]
+        what = f"GET {key}"
+        response, _ = await self._send("GET", key, what, stream=True)
+        if response.content_length is None:
+            response.close()
+            raise Permanent(f"{what}: the server sent no Content-Length")
+        return _head(response.headers, response.content_length), Body(response, what)
 
-    async def put(self, key: str, data: bytes, head: Head, extra: dict[str, Any]) -> None:
-        args = {"Bucket": self.name, "Key": key, "Body": data, "ContentLength": len(data), **extra}
-        md5 = head.content_md5
-        if md5 and len(data) == head.size:
-            args["ContentMD5"] = md5
-        await self._request(f"PUT {key}", lambda: self.client.put_object(**args))
+    async def put(self, key: str, data: bytes | bytearray, head: Head, extra: dict[str, str]) -> None:
+        headers = dict(extra)
+        md5 = head.content_md5 if len(data) == head.size else None
+        # The source's MD5, when its ETag is one, proves end to end that the bytes are the
+        # source's; otherwise ours at least proves they arrived as sent.
+        headers["content-md5"] = md5 or base64.b64encode(hashlib.md5(data).digest()).decode()
+        await self._send("PUT", key, f"PUT {key}", headers=headers, body=data)
 
-    async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, Any]) -> None:
+    async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, str]) -> None:
         """Server-side copy from another bucket on the same endpoint and account."""
-        await self._request(f"COPY {source_key}", lambda: self.client.copy_object(
-            Bucket=self.name, Key=key, CopySource={"Bucket": source.name, "Key": source_key},
-            MetadataDirective="COPY", **extra,
-        ))
+        headers = {**extra, "x-amz-copy-source": f"/{quote(source.name, safe='')}/{encode_key(source_key)}",
+                   "x-amz-metadata-directive": "COPY"}
+        await self._xml("PUT", key, f"COPY {source_key}", {}, headers)
 
-    async def start_multipart(self, key: str, extra: dict[str, Any]) -> str:
-        resp = await self._request(f"CreateMultipartUpload {key}", lambda: self.client.create_multipart_upload(
-            Bucket=self.name, Key=key, **extra))
-        return str(resp["UploadId"])
+    async def start_multipart(self, key: str, extra: dict[str, str]) -> str:
+        root = await self._xml("POST", key, f"CreateMultipartUpload {key}", {"uploads": ""}, extra)
+        upload_id = root.findtext("UploadId")
+        if not upload_id:
+            raise Transient(f"CreateMultipartUpload {key}: no UploadId in the answer")
+        return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> str:
-        resp = await self._request(f"UploadPart {number} of {key}", lambda: self.client.upload_part(
-            Bucket=self.name, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
-            ContentLength=len(data), ContentMD5=md5,
-        ))
-        return str(resp["ETag"])
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray,
+                          md5: str) -> str:
+        response, _ = await self._send(
+            "PUT", key, f"UploadPart {number} of {key}", {"partNumber": str(number), "uploadId": upload_id},
+            {"content-md5": md5}, data)
+        etag = response.headers.get("ETag")
+        if not etag:
+            raise Transient(f"UploadPart {number} of {key}: no ETag in the answer")
+        return etag
 
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
-        parts = [{"PartNumber": i + 1, "ETag": etag} for i, etag in enumerate(etags)]
-        await self._request(f"CompleteMultipartUpload {key}", lambda: self.client.complete_multipart_upload(
-            Bucket=self.name, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{html.escape(etag)}</ETag></Part>"
+                        for i, etag in enumerate(etags))
+        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        await self._xml("POST", key, f"CompleteMultipartUpload {key}", {"uploadId": upload_id},
+                        {"content-type": "application/xml"}, body)
 
     async def sizes_between(self, root: str, first: str, last: str, max_pages: int) -> dict[str, int] | None:
         """Sizes of the keys under `root` from `first` to `last` (inclusive), by listing.
@@ -396,32 +580,35 @@ class Bucket:
         cheaper. Every key in [first, last] that exists is in the answer.
         """
         found: dict[str, int] = {}
-        args: dict[str, Any] = {"Bucket": self.name, "Prefix": root, "MaxKeys": 1000,
-                                "StartAfter": first[:-1]}  # StartAfter is exclusive
+        # Keys come URL-encoded, so that any character survives XML; StartAfter is exclusive.
+        query = {"list-type": "2", "prefix": root, "max-keys": "1000", "encoding-type": "url",
+                 "start-after": first[:-1]}
         for _ in range(max_pages):
-            page = await self._request(f"LIST {root}", lambda a=dict(args): self.client.list_objects_v2(**a))
-            contents = page.get("Contents", [])
+            page = await self._xml("GET", None, f"LIST {root}", query)
+            encoded = (page.findtext("EncodingType") or "").lower() == "url"
+            contents = page.findall("Contents")
             for item in contents:
-                key = item["Key"]
+                key = item.findtext("Key") or ""
+                key = unquote_plus(key) if encoded else key
                 if key > last:
                     return found
-                found[key] = item["Size"]
-            if not page.get("IsTruncated") or not contents:
+                found[key] = int(item.findtext("Size") or 0)
+            token = page.findtext("NextContinuationToken")
+            if (page.findtext("IsTruncated") or "").lower() != "true" or not contents or not token:
                 return found
-            args["ContinuationToken"] = page["NextContinuationToken"]
-            args.pop("StartAfter", None)
+            query = {k: v for k, v in query.items() if k != "start-after"}
+            query["continuation-token"] = token
         return None
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort, retrying a little: an upload left open is billed until someone notices."""
         for attempt in range(4):
             try:
-                await self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+                await self._send("DELETE", key, "AbortMultipartUpload", {"uploadId": upload_id})
                 return
-            except Exception as exc:
-                error = classify(exc, "AbortMultipartUpload")
-                if isinstance(error, NotFound):
-                    return  # already gone
+            except NotFound:
+                return  # already gone
+            except StorageError as error:
                 if isinstance(error, Permanent) or attempt == 3:
                     # Remembered in the resume state; the next run aborts it.
                     self.unaborted.append((key, upload_id))
@@ -429,15 +616,15 @@ class Bucket:
                 await asyncio.sleep(0.2 * 2**attempt)
 
 
-def upload_extra(destination: DestinationSettings, head: Head) -> dict[str, Any]:
+def upload_extra(destination: DestinationSettings, head: Head) -> dict[str, str]:
     """Headers of a copied object: Content-Type and Cache-Control from the source, ACL and class from config."""
-    extra: dict[str, Any] = {}
+    extra: dict[str, str] = {}
     if head.content_type:
-        extra["ContentType"] = head.content_type
+        extra["content-type"] = head.content_type
     if head.cache_control:
-        extra["CacheControl"] = head.cache_control
+        extra["cache-control"] = head.cache_control
     if destination.acl:
-        extra["ACL"] = destination.acl
+        extra["x-amz-acl"] = destination.acl
     if destination.storage_class:
-        extra["StorageClass"] = destination.storage_class
+        extra["x-amz-storage-class"] = destination.storage_class
     return extra

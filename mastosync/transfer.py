@@ -21,13 +21,13 @@ from typing import Any, NamedTuple
 
 from mastosync.config import DestinationSettings
 from mastosync.storage import (
+    Body,
     Bucket,
     Head,
     NotFound,
     RetryPolicy,
     StorageError,
     Transient,
-    classify,
     upload_extra,
 )
 
@@ -152,15 +152,15 @@ class Copier:
             raise NotFound(source_key)
         return source.size
 
-    async def _single(self, body: Any, head: Head, key: str, extra: dict[str, Any]) -> None:
+    async def _single(self, body: Body, head: Head, key: str, extra: dict[str, Any]) -> None:
         held = await self.budget.acquire(head.size)
         try:
-            data = await _read(body, head.size, exact_end=True)
+            data = await body.read(head.size, last=True)
             await self.destination.put(key, data, head, extra)
         finally:
             await self.budget.release(held)
 
-    async def _multipart(self, body: Any, head: Head, key: str, extra: dict[str, Any]) -> None:
+    async def _multipart(self, body: Body, head: Head, key: str, extra: dict[str, Any]) -> None:
         upload_id = await self.destination.start_multipart(key, extra)
         try:
             etags: list[str] = []
@@ -169,7 +169,7 @@ class Copier:
                 size = min(self.part_size, remaining)
                 held = await self.budget.acquire(size)
                 try:
-                    data = await _read(body, size, exact_end=(size == remaining))
+                    data = await body.read(size, last=(size == remaining))
                     md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
                     etags.append(await self._part(key, upload_id, len(etags) + 1, data, md5))
                 finally:
@@ -181,7 +181,7 @@ class Copier:
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))
             raise
 
-    async def _part(self, key: str, upload_id: str, number: int, data: bytes, md5: str) -> str:
+    async def _part(self, key: str, upload_id: str, number: int, data: bytearray, md5: str) -> str:
         """Upload one part, retrying it alone: its bytes are in hand, the GET stays open."""
         attempt = 0
         while True:
@@ -192,30 +192,3 @@ class Copier:
                 if attempt > min(self.policy.retries, 3):
                     raise
                 await asyncio.sleep(self.policy.delay(attempt, exc.throttled))
-
-
-async def _read(body: Any, size: int, exact_end: bool) -> bytes:
-    """Exactly `size` bytes of a streamed body; a short (or, at the end, long) body is Transient."""
-    try:
-        stream = getattr(getattr(body, "raw_stream", None), "content", None)
-        if stream is not None:
-            # aiohttp's readexactly joins the received blocks once, instead of growing a
-            # bytes object chunk by chunk. It never reads past Content-Length.
-            return await stream.readexactly(size) if size else b""
-        else:
-            buffer = bytearray()
-            while len(buffer) < size and (chunk := await body.read(size - len(buffer))):
-                buffer += chunk
-            data = bytes(buffer)
-        if len(data) != size:
-            raise Transient(f"body truncated: got {len(data)} of {size} bytes")
-        if exact_end and await body.read(1):
-            raise Transient("body longer than its Content-Length")
-        return data
-    except StorageError:
-        raise
-    except asyncio.IncompleteReadError as exc:
-        raise Transient(f"body truncated: got {len(exc.partial)} of {size} bytes") from None
-    except Exception as exc:
-        raise classify(exc, "reading the source body") from None
-

@@ -58,7 +58,7 @@ async def test_copies_are_byte_identical_with_headers(s3: S3Server) -> None:
     data = seed(s3, src, items)
     async with copier(s3, src, dst) as c:
         outcomes = await asyncio.gather(*(c.copy(k, k) for k in data))
-    assert [o.status for o in outcomes] == [COPIED] * len(data)
+    assert [o.status for o in outcomes] == [COPIED] * len(data), [o.error for o in outcomes]
     assert sum(o.bytes for o in outcomes) == sum(len(v) for v in data.values())
     assert s3.keys(dst) == set(data)
     for key, expected in data.items():
