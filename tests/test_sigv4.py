@@ -1,7 +1,7 @@
 """Our SigV4 signatures equal botocore's for the same requests (table-driven, no I/O).
 
 The servers in the other suites check signatures too (rclone serve s3 rejects a wrong
-one: see test_wrong_secret_is_refused in test_transfer.py); this pins the algorithm
+one: see test_unreachable_services_fail_up_front in test_run_e2e.py); this pins the algorithm
 itself, odd keys and query strings included, against the reference implementation.
 """
 
