@@ -1,9 +1,8 @@
 """One S3 endpoint and bucket: the few calls mastosync makes, their errors, and the retry policy.
 
-Requests are signed here (sigv4.py) and sent on one aiohttp session per bucket per run,
-whose connection pool is as large as the concurrency. botocore is not on this path: its
-per-request machinery costs more CPU than copying a typical Mastodon image (see the
-README's Performance section). It is still used, lazily, for one thing it does well:
+Requests are signed here (sigv4.py) and sent on one pool of keep-alive connections per
+bucket per run (http1.py). botocore is not on this path: its per-request machinery costs
+more CPU than copying a typical Mastodon image (see the README's Performance section). It is still used, lazily, for one thing it does well:
 finding credentials when the configuration gives none (environment, ~/.aws, instance role).
 
 What is sent matches what S3-compatible providers accept: no `Expect: 100-continue`
@@ -26,7 +25,7 @@ import hashlib
 import html
 import random
 import re
-import socket
+import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
@@ -35,12 +34,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote_plus, urlsplit
 
-import aiohttp
-from yarl import URL
-
 from mastosync import __version__
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
+from mastosync.http1 import ConnectFailed, HTTPError, Pool, Response
 from mastosync.redact import redact
 from mastosync.sigv4 import (
     EMPTY_SHA256,
@@ -121,21 +118,14 @@ def classify(exc: BaseException, what: str) -> StorageError:
     """Any exception from an S3 call → NotFound, Transient or Permanent."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.certificate_error})"))
-    if _cannot_connect(exc):
-        return Transient(redact(f"{what}: cannot connect ({type(exc).__name__})"), unreachable=True)
-    if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                        ConnectionError)):
-        detail = str(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"
-        return Transient(redact(f"{what}: {type(exc).__name__}: {detail}".rstrip(": ")))
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.verify_message})"))
+    if isinstance(exc, ConnectFailed):
+        return Transient(redact(f"{what}: {exc}"), unreachable=True)
+    if isinstance(exc, (HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError)):
+        detail = str(exc) or type(exc).__name__
+        return Transient(redact(f"{what}: {detail}"))
     return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
-
-
-def _cannot_connect(exc: BaseException) -> bool:
-    """No connection could be made (refused, DNS, connect timeout), as opposed to one that broke."""
-    return isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-                            ConnectionRefusedError, socket.gaierror))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +146,8 @@ class Head:
         return None
 
 
-def _head(headers: Any, size: int) -> Head:
-    return Head(size, headers.get("ETag"), headers.get("Content-Type"), headers.get("Cache-Control"))
+def _head(headers: dict[str, str], size: int) -> Head:
+    return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,52 +278,34 @@ def bucket_url(settings: BucketSettings) -> tuple[str, str]:
 class Body:
     """A GET's body, streamed: read it in exact pieces, then close it."""
 
-    def __init__(self, response: aiohttp.ClientResponse, what: str) -> None:
+    def __init__(self, response: Response, what: str) -> None:
         self._response = response
         self._what = what
-        self._left = b""  # received past the end of the previous piece
 
     async def read(self, size: int, last: bool) -> bytearray:
         """The next `size` bytes, in one buffer of exactly that size.
 
-        The blocks aiohttp receives are copied into a preallocated buffer as they come,
-        so a body is never held twice (readexactly would join a list of blocks). A body
-        that ends early, or (with `last`) goes on past `size`, is Transient.
+        Received bytes are copied straight into a buffer allocated once, so a body is
+        never held twice. A body that ends early, or (with `last`) goes on past `size`,
+        is Transient.
         """
         buffer = bytearray(size)
-        view = memoryview(buffer)
-        content = self._response.content
-        block, self._left = self._left, b""
-        filled = 0
         try:
-            while True:
-                take = min(len(block), size - filled)
-                view[filled:filled + take] = block[:take]
-                filled += take
-                if take < len(block):
-                    self._left = block[take:]
-                    break
-                if filled == size:
-                    break
-                block = await content.readany()
-                if not block:
-                    raise Transient(f"{self._what}: body truncated: got {filled} of {size} bytes")
-            if last and (self._left or (not content.at_eof() and await content.read(1))):
-                raise Transient(f"{self._what}: body longer than its Content-Length")
-        except StorageError:
-            raise
+            filled = await self._response.readinto(memoryview(buffer))
         except Exception as exc:
             raise classify(exc, f"{self._what}: reading the body") from None
-        finally:
-            view.release()
+        if filled != size:
+            raise Transient(f"{self._what}: body truncated: got {filled} of {size} bytes")
+        if last and not self._response.complete:
+            raise Transient(f"{self._what}: body longer than expected")
         return buffer
 
     def close(self) -> None:
-        self._response.release() if self._response.content.at_eof() else self._response.close()
+        self._response.release()
 
 
 class Bucket:
-    """A bucket on an endpoint. Use as an async context manager: the session lives for the run."""
+    """A bucket on an endpoint. Use as an async context manager: the connections live for the run."""
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
                  label: str = "bucket") -> None:
@@ -342,11 +314,11 @@ class Bucket:
         self.label = label
         self._pool_size = pool_size
         self._timeout = timeout
-        self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
         self.pacer = Pacer(pool_size, down_after=timeout)
         self.unaborted: list[tuple[str, str]] = []  # multipart uploads an abort could not reach
         self._origin, self._path = bucket_url(settings)
-        self._host = URL(self._origin).raw_authority  # exactly what aiohttp sends as Host
+        self._host = urlsplit(self._origin).netloc
         self._https = self._origin.startswith("https:")
         self._signer: Signer | None = None
         self._credential_source: Any = None  # botocore's, when the configuration has no keys
@@ -356,20 +328,13 @@ class Bucket:
         return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
 
     async def __aenter__(self) -> Bucket:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=30)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self._timeout, 20),
-                                        sock_read=self._timeout)
-        # trust_env: HTTPS_PROXY / NO_PROXY apply, as they did with botocore.
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, trust_env=True,
-            skip_auto_headers=("Accept-Encoding", "Content-Type"), headers={"User-Agent": USER_AGENT})
+        self.pool = Pool(self._origin, connect_timeout=min(self._timeout, 20), read_timeout=self._timeout)
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.pool is not None:
+            await self.pool.close()
 
     # -- credentials and signing ---------------------------------------------------------
 
@@ -400,11 +365,11 @@ class Bucket:
 
     async def _send(self, method: str, key: str | None, what: str, query: dict[str, str] | None = None,
                     headers: dict[str, str] | None = None, body: bytes | bytearray = b"",
-                    stream: bool = False) -> tuple[aiohttp.ClientResponse, bytes]:
+                    stream: bool = False) -> tuple[Response, bytes]:
         """One S3 request, paced and signed; an error answer raises, classified.
 
-        Returns the response and its body; with `stream`, the body is left unread (the
-        caller reads and releases it).
+        Returns the response and its body. With `stream`, the body is left unread, and
+        the request keeps its place in the pacer until the caller releases the response.
         """
         self.ensure_up(what)
         signer = await self._get_signer()
@@ -417,19 +382,29 @@ class Bucket:
         else:
             payload_hash = hashlib.sha256(body).hexdigest()
         signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash)
-        url = URL(f"{self._origin}{path}{'?' + query_string if query_string else ''}", encoded=True)
-        assert self.session is not None, "Bucket used outside `async with`"
+        signed["user-agent"] = USER_AGENT
+        target = f"{path}?{query_string}" if query_string else path
+        assert self.pool is not None, "Bucket used outside `async with`"
         await self.pacer.acquire()
+        held = True
         try:
-            response = await self.session.request(method, url, headers=signed, data=body or None,
-                                                  allow_redirects=False)
+            response = await self.pool.request(method, target, signed, body)
             if response.status >= 300:
                 try:
-                    error_body = await response.content.read(ERROR_BODY_LIMIT) if method != "HEAD" else b""
+                    error_body = await response.read(ERROR_BODY_LIMIT)
+                except (HTTPError, OSError):
+                    error_body = b""
                 finally:
-                    response.close()
+                    response.release()
                 raise answer_error(what, response.status, error_body)
-            data = b"" if stream else await response.read()
+            if stream:
+                response.on_release, held = self.pacer.release, False
+                data = b""
+            else:
+                try:
+                    data = await response.read()
+                finally:
+                    response.release()
         except Exception as exc:
             error = classify(exc, what)
             if error.throttled:
@@ -440,7 +415,8 @@ class Bucket:
                 self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
             raise error from None
         finally:
-            self.pacer.release()
+            if held:
+                self.pacer.release()
         self.pacer.succeeded()
         return response, data
 
@@ -523,14 +499,14 @@ class Bucket:
             response, _ = await self._send("HEAD", key, f"HEAD {key}")
         except NotFound:
             return None
-        return _head(response.headers, int(response.headers.get("Content-Length", 0)))
+        return _head(response.headers, int(response.headers.get("content-length", 0)))
 
     async def get(self, key: str) -> tuple[Head, Body]:
         """Start a GET: the head and the streaming body (to be read, then closed)."""
         what = f"GET {key}"
         response, _ = await self._send("GET", key, what, stream=True)
         if response.content_length is None:
-            response.close()
+            response.release()
             raise Permanent(f"{what}: the server sent no Content-Length")
         return _head(response.headers, response.content_length), Body(response, what)
 
@@ -560,7 +536,7 @@ class Bucket:
         response, _ = await self._send(
             "PUT", key, f"UploadPart {number} of {key}", {"partNumber": str(number), "uploadId": upload_id},
             {"content-md5": md5}, data)
-        etag = response.headers.get("ETag")
+        etag = response.headers.get("etag")
         if not etag:
             raise Transient(f"UploadPart {number} of {key}: no ETag in the answer")
         return etag
