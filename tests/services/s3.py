@@ -28,9 +28,10 @@ class S3Server:
     kind = "s3"
     supports_acl = False
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.tls = tls  # (certificate, key): serve HTTPS instead of HTTP
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.access_key = ACCESS_KEY
         self.secret_key = SECRET_KEY
         self.process: ManagedProcess | None = None
@@ -49,6 +50,7 @@ class S3Server:
             self._client = boto3.client(
                 "s3",
                 endpoint_url=self.endpoint,
+                verify=str(self.tls[0]) if self.tls else None,
                 aws_access_key_id=self.access_key,
                 aws_secret_access_key=self.secret_key,
                 region_name="us-east-1",
@@ -130,6 +132,7 @@ class RcloneServer(S3Server):
             "rclone",
             [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
              "--auth-key", f"{self.access_key},{self.secret_key}", "--log-level", "NOTICE",
+             *(["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []),
              str(self.root / "data")],
             env=env,
         )

@@ -1,0 +1,265 @@
+"""http1.py, the transport: keep-alive and stale connections, chunked and cut answers,
+timeouts, TLS, and proxies through CONNECT.
+
+The exchange-level cases use a tiny scripted server on loopback (each test says what it
+answers); TLS and proxies are tested end to end against `rclone serve s3` over HTTPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.errors import BucketError
+from mastosync.http1 import ConnectFailed, Pool
+from mastosync.storage import Bucket, RetryPolicy
+from mastosync.transfer import COPIED, Copier, MemoryBudget
+from tests.conftest import new_bucket
+from tests.services.process import free_port
+from tests.services.s3 import RcloneServer
+from tests.services.tls import self_signed
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server calling `handler(reader, writer, n)` for its n-th connection; yields (origin, connections)."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections))
+        try:
+            await handler(reader, writer, len(connections) - 1)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", connections
+    finally:
+        server.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+async def get(pool: Pool, target: str = "/b/k") -> tuple[int, bytes]:
+    response = await pool.request("GET", target, {"host": pool.host})
+    try:
+        return response.status, await response.read()
+    finally:
+        response.release()
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+
+    async with scripted_server(handler) as (origin, connections):
+        pool = Pool(origin, 5, 5)
+        assert [await get(pool) for _ in range(5)] == [(200, b"ok")] * 5
+        await pool.close()
+    assert len(connections) == 1
+
+
+async def test_a_connection_closed_while_idle_is_replaced_transparently() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)  # keep-alive promised ...
+        await writer.drain()
+        if n == 0:
+            await read_request(reader)  # ... but the next request meets a closing server
+
+    async with scripted_server(handler) as (origin, connections):
+        pool = Pool(origin, 5, 5)
+        assert await get(pool) == (200, b"ok")
+        assert pool._idle_connections  # kept for reuse
+        # Sent on the reused connection, which closes with no answer: sent again on a new one.
+        assert await get(pool) == (200, b"ok")
+        await asyncio.sleep(0.1)  # the second connection is closed by the server now
+        assert await get(pool) == (200, b"ok")  # noticed before use: a new connection straight away
+        await pool.close()
+    assert len(connections) == 3
+
+
+async def test_a_new_connection_closed_without_answer_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+
+    async with scripted_server(handler) as (origin, _):
+        pool = Pool(origin, 5, 5)
+        with pytest.raises(ConnectionResetError):
+            await get(pool)
+        await pool.close()
+
+
+async def test_chunked_answers_and_trailers() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5;ext=1\r\n<List\r\n3\r\n/>\n\r\n0\r\nX-Trailer: 1\r\n\r\n")
+
+    async with scripted_server(handler) as (origin, connections):
+        pool = Pool(origin, 5, 5)
+        assert await get(pool) == (200, b"<List/>\n")
+        assert await get(pool) == (200, b"<List/>\n")  # and the connection was reusable
+        await pool.close()
+    assert len(connections) == 1
+
+
+async def test_a_body_cut_short_is_an_error_and_the_connection_is_dropped() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
+        await writer.drain()
+
+    async with scripted_server(handler) as (origin, _):
+        pool = Pool(origin, 5, 5)
+        response = await pool.request("GET", "/b/k", {"host": pool.host})
+        buffer = bytearray(1000)
+        with pytest.raises(ConnectionResetError, match="400 of 1000"):
+            await response.readinto(memoryview(buffer))
+        response.release()
+        assert not pool._idle_connections
+        await pool.close()
+
+
+async def test_a_silent_server_times_out() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        await asyncio.sleep(3)
+
+    async with scripted_server(handler) as (origin, _):
+        pool = Pool(origin, 5, read_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="no data for 0s waiting for the answer|no data for 1s"):
+            await get(pool)
+        assert time.monotonic() - started < 3
+        await pool.close()
+
+
+async def test_connection_refused_is_connect_failed() -> None:
+    pool = Pool(f"http://127.0.0.1:{free_port()}", 5, 5)
+    with pytest.raises(ConnectFailed, match="cannot connect to 127.0.0.1"):
+        await get(pool)
+
+
+# -- TLS and proxies, end to end against rclone serve s3 over HTTPS ------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_rclone(tmp_path_factory: pytest.TempPathFactory) -> RcloneServer:
+    server = RcloneServer(tls=self_signed(tmp_path_factory.mktemp("tls"))).start()
+    yield server
+    server.stop()
+
+
+def bucket(server: RcloneServer, name: str, cls: type = BucketSettings, **extra: str) -> BucketSettings:
+    return cls(bucket=name, endpoint=server.endpoint, region="us-east-1", access_key_id=server.access_key,
+               secret_access_key=server.secret_key, **extra)
+
+
+@contextlib.asynccontextmanager
+async def copy_between(server: RcloneServer) -> AsyncIterator[Callable[[], Awaitable[dict[str, str]]]]:
+    """Seed a small and a multipart object; yield the copy (statuses by key); check the bytes after.
+
+    The test's own boto3 client (seeding, reading back) is used only outside the yield, so
+    it never goes through a proxy the test sets in the environment meanwhile.
+    """
+    src, dst = new_bucket(server, "tls-src"), new_bucket(server, "tls-dst")
+    data = {"small.png": b"p" * 5000, "video.mp4": bytes(range(256)) * (80 * 1024)}  # 20 MiB
+    for key, value in data.items():
+        server.put(src, key, value, "image/png")
+    destination = bucket(server, dst, DestinationSettings, acl="")
+
+    async def copy() -> dict[str, str]:
+        async with Bucket(bucket(server, src), 4) as s, Bucket(destination, 4) as d:
+            copier = Copier(s, d, destination, 8 << 20, 8 << 20, RetryPolicy(retries=2), MemoryBudget(64 << 20))
+            return {key: (await copier.copy(key, key)).status for key in data}
+
+    yield copy
+    for key, value in data.items():
+        assert server.get(dst, key)[0] == value
+
+
+async def test_https_with_a_trusted_certificate(tls_rclone: RcloneServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
+    async with copy_between(tls_rclone) as copy:
+        assert await copy() == {"small.png": COPIED, "video.mp4": COPIED}
+
+
+async def test_https_with_an_untrusted_certificate_fails_clearly(tls_rclone: RcloneServer) -> None:
+    async with Bucket(bucket(tls_rclone, new_bucket(tls_rclone, "tls")), 4, label="source") as b:
+        with pytest.raises(BucketError, match="TLS certificate is not trusted"):
+            await b.check()
+
+
+@contextlib.asynccontextmanager
+async def connect_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP proxy that only does CONNECT; yields (its URL, the authorities asked for)."""
+    asked: list[str] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, authority, _ = head.split(b"\r\n")[0].decode().split(" ")
+        assert method == "CONNECT"
+        asked.append(authority)
+        host, port = authority.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", asked
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_proxy_from_the_environment(scheme: str, tls_rclone: RcloneServer, rclone: RcloneServer,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    server = tls_rclone if scheme == "https" else rclone
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    variable = f"{scheme.upper()}_PROXY"
+    async with connect_proxy() as (proxy_url, asked), copy_between(server) as copy:
+        monkeypatch.setenv(variable, proxy_url)
+        assert await copy() == {"small.png": COPIED, "video.mp4": COPIED}
+        monkeypatch.delenv(variable)
+    assert asked and set(asked) == {f"127.0.0.1:{server.port}"}
+    async with connect_proxy() as (proxy_url, asked), copy_between(server) as copy:
+        monkeypatch.setenv(variable, proxy_url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        await copy()
+        monkeypatch.delenv(variable)
+    assert asked == []
