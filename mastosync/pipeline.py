@@ -38,7 +38,6 @@ from mastosync.transfer import (
     MemoryBudget,
     Outcome,
 )
-from mastosync.tunnel import Tunnel
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,9 @@ async def open_database(settings: Settings) -> AsyncIterator[records.Database]:
     async with contextlib.AsyncExitStack() as stack:
         endpoint = None
         if settings.ssh.enabled:
+            # Imported only when used: asyncssh and its crypto add 16 MB and 0.3 s to every start.
+            from mastosync.tunnel import Tunnel
+
             tunnel = await stack.enter_async_context(Tunnel(settings.ssh, settings.database))
             endpoint = tunnel.endpoint
         db = records.Database(settings.database, endpoint)
