@@ -9,6 +9,7 @@ Bounded queues keep memory flat however large the tables are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -145,6 +146,7 @@ Action = Callable[[Job], Awaitable[None]]
 Annotate = Callable[[list[Job]], Awaitable[None]]
 GRACE_SECONDS = 10.0  # after Ctrl-C, copies in flight get this long to finish
 BATCH_OBJECTS = 1000  # objects looked up together by listing (one ListObjectsV2 page)
+LOOKAHEAD = 4  # batches being listed at once, ahead of the copies
 
 ATTACHMENT_PATHS = {(t.name, a.name): a.path for t in layout.TYPES.values() for a in t.attachments}
 
@@ -214,6 +216,7 @@ class Engine:
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
         self.finished_types: dict[str, bool] = {name: False for name in request.types}
+        self._ahead: collections.deque[tuple[list[Job], asyncio.Task[None] | None]] = collections.deque()
 
     def on_signal(self, signum: int) -> None:
         self.signals.append(signum)
@@ -269,6 +272,14 @@ class Engine:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _produce(self) -> None:
+        try:
+            await self._produce_all()
+        finally:
+            for _, task in self._ahead:
+                if task is not None:
+                    task.cancel()
+
+    async def _produce_all(self) -> None:
         since = self.request.since
         for name in self.request.types:
             object_type = layout.TYPES[name]
@@ -291,13 +302,25 @@ class Engine:
                         await self._hand_out(batch)
                         batch = []
                 await self._hand_out(batch)
+                await self._hand_out([])  # the batches still being listed
             self.finished_types[name] = True
 
     async def _hand_out(self, batch: list[Job]) -> None:
-        if batch and self.annotate is not None:
-            await self.annotate(batch)
-        for job in batch:
-            await self.queue.put(job)
+        """Queue a batch once its sizes are known, listing up to LOOKAHEAD batches ahead.
+
+        Listing takes a round trip or two per batch; done one batch at a time it would
+        leave the workers idle whenever the objects go fast (a rerun that skips them all).
+        Batches still leave in database order.
+        """
+        if batch:
+            task = asyncio.create_task(self.annotate(batch)) if self.annotate is not None else None
+            self._ahead.append((batch, task))
+        while self._ahead and (len(self._ahead) >= LOOKAHEAD or not batch):
+            ready, task = self._ahead.popleft()
+            if task is not None:
+                await task
+            for job in ready:
+                await self.queue.put(job)
 
     async def _worker(self) -> None:
         while (job := await self.queue.get()) is not None:
@@ -340,8 +363,11 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
     source = await stack.enter_async_context(Bucket(settings.source, pool, settings.sync.timeout, "source"))
     destination = await stack.enter_async_context(
         Bucket(settings.destination, pool, settings.sync.timeout, "destination"))
-    await source.check()
-    await destination.check(write=write)
+    # Both at once (a round trip or four each), but the source's failure is the one told first.
+    checks = await asyncio.gather(source.check(), destination.check(write=write), return_exceptions=True)
+    for outcome in checks:
+        if isinstance(outcome, BaseException):
+            raise outcome
     stats = {name: Stats(name) for name in request.types}
     for name, query in queries.items():
         if query is None:
