@@ -23,6 +23,7 @@ import base64
 import collections
 import hashlib
 import html
+import os
 import random
 import re
 import ssl
@@ -556,8 +557,11 @@ class Bucket:
         cheaper. Every key in [first, last] that exists is in the answer.
         """
         found: dict[str, int] = {}
+        # Every key from first to last starts with what those two have in common: a prefix
+        # that narrow lets the server walk only that part of the bucket.
+        prefix = max(root, os.path.commonprefix([first, last]), key=len)
         # Keys come URL-encoded, so that any character survives XML; StartAfter is exclusive.
-        query = {"list-type": "2", "prefix": root, "max-keys": "1000", "encoding-type": "url",
+        query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url",
                  "start-after": first[:-1]}
         for _ in range(max_pages):
             page = await self._xml("GET", None, f"LIST {root}", query)

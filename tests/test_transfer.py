@@ -225,4 +225,7 @@ async def test_sizes_between_lists_exactly_a_key_range(s3: S3Server) -> None:
     s3.put(bucket, "other/010/original/x.png", b"nope")
     async with Bucket(BucketSettings(**bucket_settings(s3, bucket)), 4) as b:
         sizes = await b.sizes_between("media/", "media/010/original/x.png", "media/020/original/x.png", 2)
+        one = await b.sizes_between("media/", "media/007/original/x.png", "media/007/original/x.png", 2)
+        none = await b.sizes_between("media/", "media/007/original/y.png", "media/007/original/y.png", 2)
+    assert one == {"media/007/original/x.png": 7} and none == {}
     assert sizes == {f"media/{i:03d}/original/x.png": i for i in range(10, 21)}
