@@ -4,9 +4,9 @@
 
 Starts two `rclone serve s3` servers on fresh directories and a throwaway PostgreSQL,
 creates a synthetic instance (media_attachments, originals log-normal around 100 KB,
-1% videos of 5-40 MB, each with its small style), then runs, alternately (who goes first
-alternates too) and on fresh destination buckets, `mastosync run --all` and `rclone copy --files-from-raw` of the same
-keys with the same concurrency. Prints wall time, objects/s, MB/s, CPU seconds and peak
+1% videos of 5-40 MB, each with its small style), then runs, in pairs on fresh destination
+buckets (who goes first alternates), `mastosync run --all` and `rclone copy --files-from-raw`
+of the same keys with the same concurrency. Prints wall time, objects/s, MB/s, CPU seconds and peak
 RSS of each tool process, and the objects/s ratio (median over the pairs). Also: a rerun
 over a complete destination, a latency-bound case through a proxy adding 25 ms to every
 request (and the same with 100 ms), with the CPU the servers and proxies used meanwhile,
