@@ -48,10 +48,6 @@ class HTTPError(Exception):
 class ConnectFailed(HTTPError):
     """No connection could be made: refused, no such host, connect timeout, proxy refused."""
 
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
 
 class ProtocolError(HTTPError):
     """The answer is not HTTP/1.1 as we know it."""
@@ -73,7 +69,6 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.eof = False
         self.lost: BaseException | None = None
-        self.received_any = False  # since the current request was sent
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -87,7 +82,6 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self.received_any = True
         if len(self.buffer) > READ_HIGH and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
@@ -146,7 +140,6 @@ class _Connection(asyncio.Protocol):
     # -- one exchange ---------------------------------------------------------------------
 
     async def send(self, head: bytes, body: Body) -> None:
-        self.received_any = False
         if len(body) <= WRITE_SLICE:
             self.transport.write(head + body if body else head)
         else:
@@ -344,14 +337,13 @@ class Pool:
     def __init__(self, origin: str, connect_timeout: float, read_timeout: float,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(origin)
-        self.scheme = parts.scheme
         self.host = parts.hostname or ""
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.ssl_context = (ssl_context or ssl.create_default_context()) if self.tls else None
-        self.proxy = _proxy_for(self.scheme, self.host)
+        self.proxy = _proxy_for(parts.scheme, self.host)
         self._idle_connections: collections.deque[_Connection] = collections.deque()
         self._all: set[_Connection] = set()
 
@@ -408,7 +400,7 @@ class Pool:
             conn.close()
             where = f"{host}:{port}" + (" (proxy)" if self.proxy else "")
             detail = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-            raise ConnectFailed(f"cannot connect to {where}: {detail}", exc) from None
+            raise ConnectFailed(f"cannot connect to {where}: {detail}") from exc
         except BaseException:
             conn.close()
             raise

@@ -131,6 +131,9 @@ class Display:
                 yield
             finally:
                 task.cancel()
+                # Like the live table's last update: a log always has the final counters,
+                # even of a run shorter than one interval.
+                self._write_plain_line()
 
     async def _refresh_live(self, live: Live) -> None:
         while True:
@@ -140,8 +143,11 @@ class Display:
     async def _plain_lines(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            self.out.write(self.plain_line() + "\n")
-            self.out.flush()
+            self._write_plain_line()
+
+    def _write_plain_line(self) -> None:
+        self.out.write(self.plain_line() + "\n")
+        self.out.flush()
 
     def plain_line(self) -> str:
         total = total_of(self.stats)

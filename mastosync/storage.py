@@ -147,6 +147,11 @@ class Head:
         return None
 
 
+def content_md5(data: bytes | bytearray) -> str:
+    """The Content-MD5 header of a body: the server refuses it (BadDigest) if damaged on the way."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
 def _head(headers: dict[str, str], size: int) -> Head:
     return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"))
 
@@ -164,15 +169,19 @@ class RetryPolicy:
         base = self.base * (5 if throttled else 1)
         return random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Call `fn`, retrying Transient errors with backoff; other errors pass through."""
+    async def call(self, fn: Callable[[], Awaitable[T]], retry_unreachable: bool = True) -> T:
+        """Call `fn`, retrying Transient errors with backoff; other errors pass through.
+
+        With retry_unreachable=False, "cannot connect" is not retried (checks before a run:
+        a wrong endpoint should fail at once, not after the backoff).
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await fn()
             except Transient as exc:
-                if attempt > self.retries:
+                if attempt > self.retries or (exc.unreachable and not retry_unreachable):
                     raise
                 await asyncio.sleep(self.delay(attempt, exc.throttled))
 
@@ -313,7 +322,6 @@ class Bucket:
         self.settings = settings
         self.name = settings.bucket
         self.label = label
-        self._pool_size = pool_size
         self._timeout = timeout
         self.pool: Pool | None = None
         self.pacer = Pacer(pool_size, down_after=timeout)
@@ -452,31 +460,18 @@ class Bucket:
         """
         policy = policy or RetryPolicy(retries=4)
         try:
-            await self._retrying(policy, lambda: self._xml(
-                "GET", None, "ListObjectsV2", {"list-type": "2", "max-keys": "1"}))
+            await policy.call(lambda: self._xml("GET", None, "ListObjectsV2", {"list-type": "2", "max-keys": "1"}),
+                              retry_unreachable=False)
         except StorageError as exc:
             raise BucketError(self._explain(exc)) from None
         if write:
             # An aborted multipart upload proves write access without leaving an object behind.
             key = ".mastosync-write-check"
             try:
-                upload_id = await self._retrying(policy, lambda: self.start_multipart(key, {}))
+                upload_id = await policy.call(lambda: self.start_multipart(key, {}), retry_unreachable=False)
                 await self.abort_multipart(key, upload_id)
             except StorageError as exc:
                 raise BucketError(self._explain(exc, "write")) from None
-
-    @staticmethod
-    async def _retrying(policy: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, retried while its error is Transient but not "cannot connect"."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await call()
-            except Transient as error:
-                if error.unreachable or attempt > policy.retries:
-                    raise
-                await asyncio.sleep(policy.delay(attempt, error.throttled))
 
     def _explain(self, error: StorageError, action: str = "read") -> str:
         where = self.describe()
@@ -516,7 +511,7 @@ class Bucket:
         md5 = head.content_md5 if len(data) == head.size else None
         # The source's MD5, when its ETag is one, proves end to end that the bytes are the
         # source's; otherwise ours at least proves they arrived as sent.
-        headers["content-md5"] = md5 or base64.b64encode(hashlib.md5(data).digest()).decode()
+        headers["content-md5"] = md5 or content_md5(data)
         await self._send("PUT", key, f"PUT {key}", headers=headers, body=data)
 
     async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, str]) -> None:
@@ -532,11 +527,10 @@ class Bucket:
             raise Transient(f"CreateMultipartUpload {key}: no UploadId in the answer")
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray,
-                          md5: str) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         response, _ = await self._send(
             "PUT", key, f"UploadPart {number} of {key}", {"partNumber": str(number), "uploadId": upload_id},
-            {"content-md5": md5}, data)
+            {"content-md5": content_md5(data)}, data)
         etag = response.headers.get("etag")
         if not etag:
             raise Transient(f"UploadPart {number} of {key}: no ETag in the answer")

@@ -14,8 +14,7 @@ aborted, also when the copy is cancelled.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -170,8 +169,7 @@ class Copier:
                 held = await self.budget.acquire(size)
                 try:
                     data = await body.read(size, last=(size == remaining))
-                    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-                    etags.append(await self._part(key, upload_id, len(etags) + 1, data, md5))
+                    etags.append(await self._part(key, upload_id, len(etags) + 1, data))
                 finally:
                     await self.budget.release(held)
                 remaining -= size
@@ -181,14 +179,7 @@ class Copier:
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))
             raise
 
-    async def _part(self, key: str, upload_id: str, number: int, data: bytearray, md5: str) -> str:
-        """Upload one part, retrying it alone: its bytes are in hand, the GET stays open."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self.destination.upload_part(key, upload_id, number, data, md5)
-            except Transient as exc:
-                if attempt > min(self.policy.retries, 3):
-                    raise
-                await asyncio.sleep(self.policy.delay(attempt, exc.throttled))
+    async def _part(self, key: str, upload_id: str, number: int, data: bytearray) -> str:
+        """Upload one part, retrying it alone (a few times): its bytes are in hand, the GET stays open."""
+        policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
+        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data))
