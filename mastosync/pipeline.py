@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import signal
 import sys
@@ -157,29 +158,33 @@ def listing_root(obj: layout.MediaObject) -> str:
     return f"{cache}{ATTACHMENT_PATHS[obj.type, obj.attachment]}/"
 
 
-async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, source_too: str) -> None:
+async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket) -> None:
     """Fill in each job's sizes by listing key ranges instead of one HEAD per object.
 
     Records arrive in id order, so a batch's keys under one root sit in a narrow key range
-    that one or two ListObjectsV2 pages cover. `source_too`: "never", "always", or
-    "if-present" (list the source only where the destination already has objects, i.e.
-    on a rerun). Listing is an optimisation: on any error or an orphan-heavy range the
-    jobs simply keep asking with HEAD.
+    that one or two ListObjectsV2 pages cover. Both sides are listed at once: on a rerun
+    the source's sizes decide what is skipped, and waiting for one side before asking the
+    other doubled the time to the first copy (a file-backed server can take a second to
+    walk a cold range). On a fresh copy the source listing costs one request per 1,000
+    objects. Listing is an optimisation: on any error or an orphan-heavy range the jobs
+    simply keep asking with HEAD.
     """
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(listing_root(job.obj), []).append(job)
-    for root, group in groups.items():
-        pages = 2 + len(group) // 500
-        destination_sizes = await _sizes(destination, root, [j.destination_key for j in group], pages)
-        source_sizes = None
-        if source_too == "always" or (source_too == "if-present" and destination_sizes):
-            source_sizes = await _sizes(source, root, [j.source_key for j in group], pages)
-        for job in group:
-            job.known = Known(
-                None if source_sizes is None else source_sizes.get(job.source_key, ABSENT),
-                None if destination_sizes is None else destination_sizes.get(job.destination_key, ABSENT),
-            )
+    await asyncio.gather(*(_learn_group(root, group, source, destination) for root, group in groups.items()))
+
+
+async def _learn_group(root: str, group: list[Job], source: Bucket, destination: Bucket) -> None:
+    pages = 2 + len(group) // 500
+    destination_sizes, source_sizes = await asyncio.gather(
+        _sizes(destination, root, [j.destination_key for j in group], pages),
+        _sizes(source, root, [j.source_key for j in group], pages))
+    for job in group:
+        job.known = Known(
+            None if source_sizes is None else source_sizes.get(job.source_key, ABSENT),
+            None if destination_sizes is None else destination_sizes.get(job.destination_key, ABSENT),
+        )
 
 
 async def _sizes(bucket: Bucket, root: str, keys: list[str], pages: int) -> dict[str, int] | None:
@@ -465,11 +470,9 @@ async def _run(settings: Settings, request: Request) -> None:
             job.progress.finish(job.obj.id, outcome.status != FAILED)
             state.save(every=2.0)
 
-        async def annotate(jobs: list[Job]) -> None:
-            await learn_sizes(jobs, prepared.source, prepared.destination, "if-present")
-
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
-                        stats, copy, display, annotate)
+                        stats, copy, display, functools.partial(learn_sizes, source=prepared.source,
+                                                                destination=prepared.destination))
 
         def save_state() -> None:
             state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
@@ -539,11 +542,8 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
                 s.bytes += src.size
             job.progress.finish(job.obj.id, True)
 
-        async def annotate(jobs: list[Job]) -> None:
-            await learn_sizes(jobs, prepared.source, prepared.destination, "always")
-
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
-                        annotate)
+                        functools.partial(learn_sizes, source=prepared.source, destination=prepared.destination))
         await _drive(engine, stats, display, report, "verify", "findings")
     if engine.signals:
         raise Interrupted(engine.signals[0])

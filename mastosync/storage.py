@@ -543,7 +543,8 @@ class Bucket:
         await self._xml("POST", key, f"CompleteMultipartUpload {key}", {"uploadId": upload_id},
                         {"content-type": "application/xml"}, body)
 
-    async def sizes_between(self, root: str, first: str, last: str, max_pages: int) -> dict[str, int] | None:
+    async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
+                            page_size: int = 1000) -> dict[str, int] | None:
         """Sizes of the keys under `root` from `first` to `last` (inclusive), by listing.
 
         One request lists up to 1,000 keys, where a HEAD tells about one. Returns None when
@@ -555,7 +556,7 @@ class Bucket:
         # that narrow lets the server walk only that part of the bucket.
         prefix = max(root, os.path.commonprefix([first, last]), key=len)
         # Keys come URL-encoded, so that any character survives XML; StartAfter is exclusive.
-        query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url",
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(page_size), "encoding-type": "url",
                  "start-after": first[:-1]}
         for _ in range(max_pages):
             page = await self._xml("GET", None, f"LIST {root}", query)
@@ -569,6 +570,8 @@ class Bucket:
                 found[key] = int(item.findtext("Size") or 0)
             token = page.findtext("NextContinuationToken")
             if (page.findtext("IsTruncated") or "").lower() != "true" or not contents or not token:
+                return found
+            if last in found:  # the page ended on the last key: the next one would start past it
                 return found
             query = {k: v for k, v in query.items() if k != "start-after"}
             query["continuation-token"] = token

@@ -229,3 +229,24 @@ async def test_sizes_between_lists_exactly_a_key_range(s3: S3Server) -> None:
         none = await b.sizes_between("media/", "media/007/original/y.png", "media/007/original/y.png", 2)
     assert one == {"media/007/original/x.png": 7} and none == {}
     assert sizes == {f"media/{i:03d}/original/x.png": i for i in range(10, 21)}
+
+
+async def test_sizes_between_asks_no_page_past_the_last_key(s3: S3Server) -> None:
+    bucket = new_bucket(s3, "pages")
+    for i in range(40):
+        s3.put(bucket, f"media/{i:03d}/original/x.png", b"x" * i)
+    proxy = FaultProxy(s3.port).start()
+    try:
+        async with Bucket(BucketSettings(**bucket_settings(s3, bucket, endpoint=proxy.endpoint)), 4) as b:
+            first, last = "media/010/original/x.png", "media/020/original/x.png"
+            exact = await b.sizes_between("media/", first, last, 4, page_size=11)
+            exact_requests = proxy.count("ListObjects")
+            proxy.reset_counters()
+            paged = await b.sizes_between("media/", first, last, 4, page_size=5)
+            paged_requests = proxy.count("ListObjects")
+    finally:
+        proxy.stop()
+    expected = {f"media/{i:03d}/original/x.png": i for i in range(10, 21)}
+    assert exact == expected and paged == expected
+    assert exact_requests == 1  # the page ended on the last key: nothing more to ask
+    assert paged_requests == 3  # 010-014, 015-019, then 020 and keys past the range
