@@ -158,28 +158,33 @@ def listing_root(obj: layout.MediaObject) -> str:
     return f"{cache}{ATTACHMENT_PATHS[obj.type, obj.attachment]}/"
 
 
-async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket) -> None:
+async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, need_source: bool) -> None:
     """Fill in each job's sizes by listing key ranges instead of one HEAD per object.
 
     Records arrive in id order, so a batch's keys under one root sit in a narrow key range
-    that one or two ListObjectsV2 pages cover. Both sides are listed at once: on a rerun
-    the source's sizes decide what is skipped, and waiting for one side before asking the
-    other doubled the time to the first copy (a file-backed server can take a second to
-    walk a cold range). On a fresh copy the source listing costs one request per 1,000
-    objects. Listing is an optimisation: on any error or an orphan-heavy range the jobs
-    simply keep asking with HEAD.
+    that one or two ListObjectsV2 pages cover. The source is listed at the same time as
+    the destination, but a copy (`need_source` false) waits for it only where the
+    destination already holds keys, i.e. on a rerun, where the source's sizes decide what
+    is skipped: on a fresh copy the GETs tell the sizes, and a file-backed server can take
+    a second to walk a cold range. Listing is an optimisation: on any error or an
+    orphan-heavy range the jobs simply keep asking with HEAD.
     """
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(listing_root(job.obj), []).append(job)
-    await asyncio.gather(*(_learn_group(root, group, source, destination) for root, group in groups.items()))
+    await asyncio.gather(*(_learn_group(root, group, source, destination, need_source)
+                           for root, group in groups.items()))
 
 
-async def _learn_group(root: str, group: list[Job], source: Bucket, destination: Bucket) -> None:
+async def _learn_group(root: str, group: list[Job], source: Bucket, destination: Bucket,
+                       need_source: bool) -> None:
     pages = 2 + len(group) // 500
-    destination_sizes, source_sizes = await asyncio.gather(
-        _sizes(destination, root, [j.destination_key for j in group], pages),
-        _sizes(source, root, [j.source_key for j in group], pages))
+    source_listing = asyncio.create_task(_sizes(source, root, [j.source_key for j in group], pages))
+    try:
+        destination_sizes = await _sizes(destination, root, [j.destination_key for j in group], pages)
+        source_sizes = await source_listing if need_source or destination_sizes else None
+    finally:
+        source_listing.cancel()  # not needed after all: its answer would change nothing
     for job in group:
         job.known = Known(
             None if source_sizes is None else source_sizes.get(job.source_key, ABSENT),
@@ -472,7 +477,8 @@ async def _run(settings: Settings, request: Request) -> None:
 
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
                         stats, copy, display, functools.partial(learn_sizes, source=prepared.source,
-                                                                destination=prepared.destination))
+                                                                destination=prepared.destination,
+                                                                need_source=False))
 
         def save_state() -> None:
             state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
@@ -543,7 +549,8 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
             job.progress.finish(job.obj.id, True)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
-                        functools.partial(learn_sizes, source=prepared.source, destination=prepared.destination))
+                        functools.partial(learn_sizes, source=prepared.source, destination=prepared.destination,
+                                          need_source=True))
         await _drive(engine, stats, display, report, "verify", "findings")
     if engine.signals:
         raise Interrupted(engine.signals[0])

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import MastodonDb, make_db, new_bucket
 from tests.services.faultproxy import FaultProxy
+from tests.services.latencyproxy import LatencyProxy
 from tests.services.s3 import S3Server
 
 
@@ -85,6 +86,35 @@ def test_fault_proxy_injects_and_counts(moto: S3Server) -> None:
         assert proxy.counters.faults["truncate"] == 1
     finally:
         proxy.stop()
+
+
+def test_latency_proxy_delays_each_request_and_counts(moto: S3Server) -> None:
+    import time
+
+    import boto3
+    from botocore.config import Config
+
+    bucket = new_bucket(moto, "latency")
+    body = bytes(range(256)) * 4096  # 1 MiB: a body in many chunks is delayed once, in order
+    proxy = LatencyProxy(moto.port, latency=0.2).start()
+    try:
+        client = boto3.client(
+            "s3", endpoint_url=proxy.endpoint, aws_access_key_id=moto.access_key,
+            aws_secret_access_key=moto.secret_key, region_name="us-east-1",
+            config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"},
+                          request_checksum_calculation="when_required"))
+        client.put_object(Bucket=bucket, Key="big", Body=body)
+        client.put_object(Bucket=bucket, Key="small", Body=b"x")
+        started = time.monotonic()
+        for _ in range(3):  # one keep-alive connection, one request after the other
+            assert client.get_object(Bucket=bucket, Key="big")["Body"].read() == body
+        elapsed = time.monotonic() - started
+        assert client.head_object(Bucket=bucket, Key="small")["ContentLength"] == 1
+    finally:
+        proxy.stop()
+    assert 0.6 <= elapsed < 3.0, elapsed  # 0.2 s each, not more than a few times that
+    assert proxy.counts.operations == {"PutObject": 2, "GetObject": 3, "HeadObject": 1}
+    assert [op for _, op in proxy.counts.timeline] == ["PutObject"] * 2 + ["GetObject"] * 3 + ["HeadObject"]
 
 
 async def test_ssh_server_forwards_to_postgres(ssh_server, mastodon_db: MastodonDb) -> None:
