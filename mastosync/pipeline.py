@@ -359,23 +359,28 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
     """Connect everything and check access up front: a bad password or bucket stops us here."""
     filters = filters_for(settings, request)
     db = await stack.enter_async_context(open_database(settings))
-    queries: dict[str, records.Query | None] = {}
-    retry_queries: dict[str, records.Query | None] = {}
-    for name in request.types:
-        object_type = layout.TYPES[name]
-        queries[name] = await records.query_for(db, object_type, filters)
-        failed = progress[name].failed_ids if name in progress else set()
-        if failed and queries[name] is not None:
-            progress[name].retrying = set(failed)
-            retry_queries[name] = await records.query_for(
-                db, object_type, dataclasses.replace(filters, ids=tuple(sorted(failed))))
     pool = request.concurrency + 8
     source = await stack.enter_async_context(Bucket(settings.source, pool, settings.sync.timeout, "source"))
     destination = await stack.enter_async_context(
         Bucket(settings.destination, pool, settings.sync.timeout, "destination"))
-    # Both at once (a round trip or four each), but the source's failure is the one told first.
-    checks = await asyncio.gather(source.check(), destination.check(write=write), return_exceptions=True)
-    for outcome in checks:
+    # Both buckets at once, and while the database is asked what to do: each check is a
+    # round trip or two to a provider that may be far away.
+    checks = asyncio.gather(source.check(), destination.check(write=write), return_exceptions=True)
+    try:
+        queries: dict[str, records.Query | None] = {}
+        retry_queries: dict[str, records.Query | None] = {}
+        for name in request.types:
+            object_type = layout.TYPES[name]
+            queries[name] = await records.query_for(db, object_type, filters)
+            failed = progress[name].failed_ids if name in progress else set()
+            if failed and queries[name] is not None:
+                progress[name].retrying = set(failed)
+                retry_queries[name] = await records.query_for(
+                    db, object_type, dataclasses.replace(filters, ids=tuple(sorted(failed))))
+    finally:
+        outcomes = await checks  # also when the database failed: no check left running
+    # The source's failure is the one told first.
+    for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
     stats = {name: Stats(name) for name in request.types}

@@ -456,22 +456,30 @@ class Bucket:
         """Fail with BucketError if the bucket cannot be reached or read (and written).
 
         Transient answers (a 503, a reset) are retried a few times first: a busy provider
-        is not a misconfiguration.
+        is not a misconfiguration. Reading and writing are checked at once, one round trip
+        less before the first copy; when both fail, the read error is the one told.
         """
         policy = policy or RetryPolicy(retries=4)
+        checks = [self._check_read(policy), *([self._check_write(policy)] if write else [])]
+        for outcome in await asyncio.gather(*checks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _check_read(self, policy: RetryPolicy) -> None:
         try:
             await policy.call(lambda: self._xml("GET", None, "ListObjectsV2", {"list-type": "2", "max-keys": "1"}),
                               retry_unreachable=False)
         except StorageError as exc:
             raise BucketError(self._explain(exc)) from None
-        if write:
-            # An aborted multipart upload proves write access without leaving an object behind.
-            key = ".mastosync-write-check"
-            try:
-                upload_id = await policy.call(lambda: self.start_multipart(key, {}), retry_unreachable=False)
-                await self.abort_multipart(key, upload_id)
-            except StorageError as exc:
-                raise BucketError(self._explain(exc, "write")) from None
+
+    async def _check_write(self, policy: RetryPolicy) -> None:
+        # An aborted multipart upload proves write access without leaving an object behind.
+        key = ".mastosync-write-check"
+        try:
+            upload_id = await policy.call(lambda: self.start_multipart(key, {}), retry_unreachable=False)
+            await self.abort_multipart(key, upload_id)
+        except StorageError as exc:
+            raise BucketError(self._explain(exc, "write")) from None
 
     def _explain(self, error: StorageError, action: str = "read") -> str:
         where = self.describe()

@@ -124,8 +124,12 @@ def rclone_binary() -> str:
 class RcloneServer(S3Server):
     kind = "rclone"
 
+    def __init__(self, tls: tuple[Path, Path] | None = None, parent: Path | None = None) -> None:
+        super().__init__(tls)
+        self.parent = parent  # where its directory goes (default: the temporary directory)
+
     def start(self) -> RcloneServer:
-        self.root = Path(tempfile.mkdtemp(prefix="mastosync-rclone-"))
+        self.root = Path(tempfile.mkdtemp(prefix="mastosync-rclone-", dir=self.parent))
         env = {**os.environ, "RCLONE_CONFIG": str(self.root / "rclone.conf")}
         (self.root / "data").mkdir()
         self.process = ManagedProcess(
