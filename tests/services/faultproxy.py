@@ -101,6 +101,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._call(self._close(drop=True))
+        self._call(self._finish_clients())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -135,6 +136,13 @@ class FaultProxy:
         if drop:
             for w in list(self._writers):
                 _abort(w)
+
+    async def _finish_clients(self) -> None:
+        """End every connection's task, so none is left suspended when the loop stops."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- serving ---------------------------------------------------------------------
 
