@@ -353,6 +353,11 @@ class Prepared:
     retry_queries: dict[str, records.Query | None]
     stats: dict[str, Stats]
 
+    def learn_sizes(self, need_source: bool) -> Annotate:
+        """learn_sizes on these buckets, as the engine's annotate step."""
+        return functools.partial(learn_sizes, source=self.source, destination=self.destination,
+                                 need_source=need_source)
+
 
 async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request: Request,
                    progress: dict[str, TypeProgress], write: bool) -> Prepared:
@@ -481,9 +486,7 @@ async def _run(settings: Settings, request: Request) -> None:
             state.save(every=2.0)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
-                        stats, copy, display, functools.partial(learn_sizes, source=prepared.source,
-                                                                destination=prepared.destination,
-                                                                need_source=False))
+                        stats, copy, display, prepared.learn_sizes(need_source=False))
 
         def save_state() -> None:
             state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
@@ -554,8 +557,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
             job.progress.finish(job.obj.id, True)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
-                        functools.partial(learn_sizes, source=prepared.source, destination=prepared.destination,
-                                          need_source=True))
+                        prepared.learn_sizes(need_source=True))
         await _drive(engine, stats, display, report, "verify", "findings")
     if engine.signals:
         raise Interrupted(engine.signals[0])
