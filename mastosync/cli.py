@@ -20,7 +20,7 @@ from mastosync.redact import redact
 TYPE_HELP = (
     "Object type to process: "
     + ", ".join(layout.TYPE_NAMES)
-    + ". Repeat for several. Without --type (or with --all): all four."
+    + ". Repeat for several. Without --type (or with --all): all of them."
 )
 
 
@@ -54,7 +54,7 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "--all", "all_types", is_flag=True, help="Process all four types (the default)."
+        "--all", "all_types", is_flag=True, help="Process every type (the default)."
     )(f)
     f = click.option(
         "--type",

@@ -77,11 +77,6 @@ class BucketSettings:
     key_prefix: str = _opt("")
     addressing_style: str = _opt("path", choices=("path", "virtual", "auto"))
 
-    def full_key(self, key: str) -> str:
-        """The bucket key of an object whose Mastodon path is `key`."""
-        prefix = self.key_prefix.strip("/")
-        return f"{prefix}/{key}" if prefix else key
-
     def same_place_as(self, other: BucketSettings) -> bool:
         """True when both sides are one account on one endpoint (server-side copy works)."""
         return (

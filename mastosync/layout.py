@@ -1,12 +1,22 @@
 """Mastodon's storage rules: which object keys a database row stands for.
 
-Pure functions over plain data, no I/O. The four types differ only in the tables below
-(table, attachments, style rules, what makes a record remote); one code path expands
-them all. The rules and their sources are in shared/mastodon-storage.md:
+Pure functions over plain data, no I/O. The types differ only in the tables below
+(table, attachments, style rules, what makes a record remote, what is kept private); one
+code path expands them all. The rules and their sources are in shared/mastodon-storage.md:
 
     key = [cache/] CLASS/ATTACHMENT/ID_PARTITION/STYLE/FILENAME
 
-and the configured key_prefix of each side is put in front by the caller.
+and each side's key_prefix is put in front by `full_key`, exactly as Mastodon does.
+
+Where each rule comes from in Mastodon's source (app/… and lib/… of mastodon/mastodon,
+config/initializers/paperclip.rb, and kt-paperclip's lib/paperclip/storage/s3.rb):
+the tables and styles from the models' `has_attached_file` (media_attachment.rb,
+concerns/account/avatar.rb and header.rb, custom_emoji.rb, preview_card.rb,
+site_upload.rb, backup.rb, preview_card_provider.rb, import.rb until 4.4); `cache/` from
+paperclip.rb's :prefix_url; what `--since` must also catch from lib/mastodon/cli/upgrade.rb;
+what is private from backup.rb (`s3_permissions`) and
+update_media_attachments_permissions_service.rb (called by suspend_account_service.rb and
+remove_status_service.rb).
 """
 
 from __future__ import annotations
@@ -20,6 +30,12 @@ from typing import Any, NamedTuple
 REMOTE_IF_DOMAIN = "domain"  # accounts, custom_emojis: domain IS NOT NULL
 REMOTE_IF_REMOTE_URL = "remote_url"  # media_attachments: remote_url not blank
 REMOTE_ALWAYS = "always"  # preview_cards
+REMOTE_NEVER = "never"  # models without `local?`: site_uploads, backups, providers, imports
+
+# Which objects of a type Mastodon keeps private (never written public-read).
+PUBLIC = "public"
+PRIVATE = "private"  # backups, imports: uploaded private
+PRIVATE_IF_HIDDEN = "private-if-hidden"  # media of suspended accounts or of removed (kept) posts
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +44,9 @@ class Style:
 
     name: str
     format: str | None = None
+    # Another format to look for when the computed key is absent at the source (a GIF's
+    # small from Mastodon 2.9 and earlier had no format of its own: small/<base>.gif).
+    fallback_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,8 +55,11 @@ class Attachment:
 
     name: str  # column prefix: file → file_file_name, file_content_type …
     path: str  # CLASS/ATTACHMENT in the key, e.g. media_attachments/files
-    derived: Mapping[str, tuple[Style, ...]]  # content type → styles besides original
-    derived_default: tuple[Style, ...] = ()  # for content types not in `derived`
+    derived: Mapping[str, tuple[Style, ...]]  # selector value → styles besides original
+    derived_default: tuple[Style, ...] = ()  # for selector values not in `derived`
+    # The column whose value picks the styles: the attachment's content type, unless set
+    # (site_uploads pick theirs by the row's `var`).
+    styles_by: str = ""
     # Column names, spelled out once (they are read for every row).
     file_name: str = field(init=False)
     content_type: str = field(init=False)
@@ -50,12 +72,14 @@ class Attachment:
                                ("file_size", "file_size"), ("updated_at", "updated_at"),
                                ("schema_version", "storage_schema_version")):
             object.__setattr__(self, column, f"{self.name}_{suffix}")
+        if not self.styles_by:
+            object.__setattr__(self, "styles_by", self.content_type)
 
     def columns(self) -> tuple[str, ...]:
         return (self.file_name, self.content_type, self.file_size, self.updated_at, self.schema_version)
 
-    def styles(self, content_type: str | None) -> tuple[Style, ...]:
-        return self.derived.get(content_type or "", self.derived_default)
+    def styles(self, row: Mapping[str, Any]) -> tuple[Style, ...]:
+        return self.derived.get(row.get(self.styles_by) or "", self.derived_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +89,10 @@ class ObjectType:
     name: str
     table: str
     attachments: tuple[Attachment, ...]
-    remote_rule: str
-    remote_columns: tuple[str, ...]
+    remote_rule: str = REMOTE_NEVER
+    extra_columns: tuple[str, ...] = ()  # read besides the attachments' (remote rule, styles, privacy)
+    privacy: str = PUBLIC
+    optional: bool = False  # the table may not exist (imports: dropped in 4.4)
 
 
 def _same(*types: str, style: Style) -> dict[str, tuple[Style, ...]]:
@@ -76,15 +102,25 @@ def _same(*types: str, style: Style) -> dict[str, tuple[Style, ...]]:
 SMALL_SAME_EXT = Style("small")
 SMALL_JPEG = Style("small", "jpeg")
 SMALL_PNG = Style("small", "png")
+SMALL_PNG_OR_GIF = Style("small", "png", fallback_format="gif")  # GIFs from 2.9 and earlier
 STATIC_PNG = Style("static", "png")
+
+
+def _png_sizes(*names: str) -> tuple[Style, ...]:
+    return tuple(Style(name, "png") for name in names)
+
 
 MEDIA_FILE = Attachment(
     name="file",
     path="media_attachments/files",
     derived={
         **_same("image/jpeg", "image/png", "image/webp", style=SMALL_SAME_EXT),
-        **_same("image/heic", "image/heif", "image/avif", style=SMALL_JPEG),
-        **_same("image/gif", "video/webm", "video/quicktime", "video/mp4", "video/ogg", style=SMALL_PNG),
+        # Converted to JPEG since 4.2 (the row then says image/jpeg); a row that still says
+        # image/avif was processed by 4.0/4.1, whose small kept the .avif extension.
+        "image/avif": (SMALL_SAME_EXT,),
+        **_same("image/heic", "image/heif", style=SMALL_JPEG),
+        "image/gif": (SMALL_PNG_OR_GIF,),
+        **_same("video/webm", "video/quicktime", "video/mp4", "video/ogg", style=SMALL_PNG),
     },
 )
 MEDIA_THUMBNAIL = Attachment("thumbnail", "media_attachments/thumbnails", {})
@@ -92,23 +128,60 @@ AVATAR = Attachment("avatar", "accounts/avatars", _same("image/gif", style=STATI
 HEADER = Attachment("header", "accounts/headers", _same("image/gif", style=STATIC_PNG))
 EMOJI_IMAGE = Attachment("image", "custom_emojis/images", {}, derived_default=(STATIC_PNG,))
 CARD_IMAGE = Attachment("image", "preview_cards/images", {})
+# app/models/site_upload.rb: STYLES by `var` (an unknown var has no styles).
+SITE_UPLOAD_FILE = Attachment(
+    name="file",
+    path="site_uploads/files",
+    derived={
+        "thumbnail": _png_sizes("@1x", "@2x"),
+        "mascot": (),
+        "favicon": _png_sizes("16", "32", "48"),
+        # APPLE_ICON_SIZES + ANDROID_ICON_SIZES, uniq, in Mastodon's order.
+        "app_icon": _png_sizes("57", "60", "72", "76", "114", "120", "144", "152", "167", "180", "1024",
+                               "36", "48", "96", "192", "256", "384", "512"),
+    },
+    styles_by="var",
+)
+BACKUP_DUMP = Attachment("dump", "backups/dumps", {})
+PROVIDER_ICON = Attachment("icon", "preview_card_providers/icons", {}, derived_default=(STATIC_PNG,))
+IMPORT_DATA = Attachment("data", "imports/data", {})
 
 TYPES: dict[str, ObjectType] = {
     t.name: t
     for t in (
-        ObjectType(
-            "media_attachments",
-            "media_attachments",
-            (MEDIA_FILE, MEDIA_THUMBNAIL),
-            REMOTE_IF_REMOTE_URL,
-            ("remote_url",),
-        ),
+        ObjectType("media_attachments", "media_attachments", (MEDIA_FILE, MEDIA_THUMBNAIL),
+                   REMOTE_IF_REMOTE_URL, ("remote_url", "account_id", "status_id"), PRIVATE_IF_HIDDEN),
         ObjectType("accounts", "accounts", (AVATAR, HEADER), REMOTE_IF_DOMAIN, ("domain",)),
         ObjectType("custom_emojis", "custom_emojis", (EMOJI_IMAGE,), REMOTE_IF_DOMAIN, ("domain",)),
-        ObjectType("preview_cards", "preview_cards", (CARD_IMAGE,), REMOTE_ALWAYS, ()),
+        ObjectType("preview_cards", "preview_cards", (CARD_IMAGE,), REMOTE_ALWAYS),
+        ObjectType("site_uploads", "site_uploads", (SITE_UPLOAD_FILE,), extra_columns=("var",), optional=True),
+        ObjectType("backups", "backups", (BACKUP_DUMP,), privacy=PRIVATE, optional=True),
+        ObjectType("preview_card_providers", "preview_card_providers", (PROVIDER_ICON,), optional=True),
+        ObjectType("imports", "imports", (IMPORT_DATA,), privacy=PRIVATE, optional=True),
     )
 }
 TYPE_NAMES = tuple(TYPES)
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """What Mastodon has made private after the fact, read from the database once per run.
+
+    SuspendAccountService switches every object of a suspended account's media to
+    private (back on unsuspension); RemoveStatusService does the same to the media of a
+    post it removes but keeps (reported, or removed by a moderator). A copy must keep
+    them private, or a migration publishes them again.
+    """
+
+    suspended_accounts: frozenset[int] = frozenset()
+    discarded_statuses: frozenset[int] = frozenset()
+
+    def hides(self, row: Mapping[str, Any]) -> bool:
+        return (row.get("account_id") in self.suspended_accounts
+                or row.get("status_id") in self.discarded_statuses)
+
+
+NOTHING_HIDDEN = Hidden()
 
 
 class MediaObject(NamedTuple):
@@ -124,6 +197,21 @@ class MediaObject(NamedTuple):
     key: str  # relative to the key prefix
     size: int | None  # the database's file size, known for the original style only
     content_type: str | None  # the database's content type of the original
+    private: bool = False  # Mastodon keeps it private: never written with a public ACL
+    fallback: str | None = None  # where it may be instead when `key` is absent at the source
+
+
+def full_key(key_prefix: str, key: str) -> str:
+    """The bucket key of `key` under Mastodon's S3_KEY_PREFIX, byte for byte as Mastodon writes it.
+
+    paperclip.rb builds `S3_KEY_PREFIX + "/" + path` and kt-paperclip drops one leading
+    "/" only, so "mastodon/" gives "mastodon//accounts/…" and "/m" gives "m/accounts/…".
+    An empty prefix means none (S3_KEY_PREFIX unset).
+    """
+    if not key_prefix:
+        return key
+    joined = f"{key_prefix}/{key}"
+    return joined[1:] if joined.startswith("/") else joined
 
 
 def id_partition(record_id: int) -> str:
@@ -156,43 +244,65 @@ def is_remote(object_type: ObjectType, row: Mapping[str, Any]) -> bool:
     rule = object_type.remote_rule
     if rule == REMOTE_ALWAYS:
         return True
+    if rule == REMOTE_NEVER:
+        return False
     if rule == REMOTE_IF_DOMAIN:
         return row.get("domain") is not None
     url = row.get("remote_url")
     return bool(url and url.strip())
 
 
+def updated_since(att: Attachment, row: Mapping[str, Any], since: datetime) -> bool:
+    """Whether an attachment's objects may have been written at or after `since`.
+
+    New files set `<att>_updated_at`. `tootctl upgrade storage-schema` moves files under
+    cache/ without touching it: it sets `<att>_storage_schema_version` and saves the row,
+    so the row's `updated_at` tells when. (records.build_query says the same in SQL.)
+    """
+    updated = row.get(att.updated_at)
+    if updated is not None and updated >= since:
+        return True
+    row_updated = row.get("updated_at")
+    return row_updated is not None and row_updated >= since and (row.get(att.schema_version) or 0) >= 1
+
+
 def objects_of(
     object_type: ObjectType,
     row: Mapping[str, Any],
     since: datetime | None = None,
+    hidden: Hidden = NOTHING_HIDDEN,
 ) -> list[MediaObject]:
     """Every object Mastodon wrote for `row`.
 
     `row` holds the record's columns; a column the database lacks is simply absent
     (e.g. thumbnail_storage_schema_version before 4.6) and reads as NULL. With `since`,
-    attachments updated before it are left out.
+    attachments not updated since are left out. `hidden` says which media Mastodon has
+    made private.
     """
     found: list[MediaObject] = []
     record_id = row["id"]
     remote = is_remote(object_type, row)
     partition = id_partition(record_id)
     type_name = object_type.name
+    privacy = object_type.privacy
+    private = privacy == PRIVATE or (privacy == PRIVATE_IF_HIDDEN and hidden.hides(row))
     for att in object_type.attachments:
         original = row.get(att.file_name)
         if not original:
             continue  # NULL or empty: nothing was stored (or the remote cache was cleared)
-        if since is not None:
-            updated = row.get(att.updated_at)
-            if updated is None or updated < since:
-                continue
+        if since is not None and not updated_since(att, row, since):
+            continue
         cache = "cache/" if remote and (row.get(att.schema_version) or 0) >= 1 else ""
         folder = f"{cache}{att.path}/{partition}/"
         content_type = row.get(att.content_type)
         found.append(MediaObject(type_name, record_id, att.name, "original", f"{folder}original/{original}",
-                                 row.get(att.file_size), content_type))
-        for style in att.styles(content_type):
+                                 row.get(att.file_size), content_type, private))
+        for style in att.styles(row):
+            fallback = None
+            if style.fallback_format is not None:
+                other = Style(style.name, style.fallback_format)
+                fallback = f"{folder}{style.name}/{style_file_name(original, other)}"
             found.append(MediaObject(type_name, record_id, att.name, style.name,
                                      f"{folder}{style.name}/{style_file_name(original, style)}",
-                                     None, content_type))
+                                     None, content_type, private, fallback))
     return found

@@ -90,18 +90,15 @@ def dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO | N
             sys.stdout = None  # type: ignore[assignment]
 
 
-def _prefix(key_prefix: str) -> str:
-    prefix = key_prefix.strip("/")
-    return prefix + "/" if prefix else ""
-
-
 async def _dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO) -> None:
     filters = filters_for(settings, request)
-    src, dst = _prefix(settings.source.key_prefix), _prefix(settings.destination.key_prefix)
+    src, dst = settings.source.key_prefix, settings.destination.key_prefix
+    full_key = layout.full_key
     # Hand-assembled JSON with the C string encoder: several times faster than json.dumps
     # of a dict, and this loop runs for every object of the instance.
     quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
     async with open_database(settings) as db:
+        hidden = await records.hidden(db, tuple(layout.TYPES[name] for name in request.types))
         for name in request.types:
             object_type = layout.TYPES[name]
             query = await records.query_for(db, object_type, filters)
@@ -110,17 +107,21 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
             lines: list[str] = []
             kind = quote(name)
             async for row in records.stream(db, query, prefetch=settings.sync.db_batch):
-                for o in layout.objects_of(object_type, row, request.since):
+                for o in layout.objects_of(object_type, row, request.since, hidden):
                     if as_json:
                         lines.append(
                             f'{{"type": {kind}, "id": {o.id}, "attachment": "{o.attachment}", '
-                            f'"style": "{o.style}", "source_key": {quote(src + o.key)}, '
-                            f'"destination_key": {quote(dst + o.key)}, '
+                            f'"style": "{o.style}", "source_key": {quote(full_key(src, o.key))}, '
+                            f'"destination_key": {quote(full_key(dst, o.key))}, '
                             f'"size": {"null" if o.size is None else int(o.size)}, '
-                            f'"content_type": {"null" if o.content_type is None else quote(o.content_type)}}}'
+                            f'"content_type": {"null" if o.content_type is None else quote(o.content_type)}, '
+                            f'"private": {"true" if o.private else "false"}'
+                            + ("" if o.fallback is None else
+                               f', "fallback_source_key": {quote(full_key(src, o.fallback))}')
+                            + "}"
                         )
                     else:
-                        lines.append(f"{name}\t{o.id}\t{src}{o.key}\t{dst}{o.key}")
+                        lines.append(f"{name}\t{o.id}\t{full_key(src, o.key)}\t{full_key(dst, o.key)}")
                 if len(lines) >= 2000:
                     out.write("\n".join(lines) + "\n")
                     lines.clear()
@@ -141,6 +142,19 @@ class Job:
     progress: TypeProgress
     stats: Stats
     known: Known | None = None  # sizes learnt by listing, if any
+    # The same object at its fallback key (where an older Mastodon put it), if it has one:
+    # tried when the source lacks `source_key`, and copied under its own key.
+    fallback: Job | None = None
+
+
+def jobs_for(obj: layout.MediaObject, source_prefix: str, destination_prefix: str, progress: TypeProgress,
+             stats: Stats) -> Job:
+    job = Job(obj, layout.full_key(source_prefix, obj.key), layout.full_key(destination_prefix, obj.key),
+              progress, stats)
+    if obj.fallback is not None:
+        job.fallback = Job(obj, layout.full_key(source_prefix, obj.fallback),
+                           layout.full_key(destination_prefix, obj.fallback), progress, stats)
+    return job
 
 
 Action = Callable[[Job], Awaitable[None]]
@@ -171,7 +185,10 @@ async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, need
     """
     groups: dict[str, list[Job]] = {}
     for job in jobs:
-        groups.setdefault(listing_root(job.obj), []).append(job)
+        group = groups.setdefault(listing_root(job.obj), [])
+        group.append(job)
+        if job.fallback is not None:  # in the same folder: the same listing tells
+            group.append(job.fallback)
     await asyncio.gather(*(_learn_group(root, group, source, destination, need_source)
                            for root, group in groups.items()))
 
@@ -193,9 +210,9 @@ async def _learn_group(root: str, group: list[Job], source: Bucket, destination:
 
 
 async def _sizes(bucket: Bucket, root: str, keys: list[str], pages: int) -> dict[str, int] | None:
-    prefix = _prefix(bucket.settings.key_prefix)
     try:
-        return await bucket.sizes_between(prefix + root, min(keys), max(keys), pages)
+        return await bucket.sizes_between(layout.full_key(bucket.settings.key_prefix, root), min(keys), max(keys),
+                                          pages)
     except StorageError:
         return None
 
@@ -206,8 +223,10 @@ class Engine:
     def __init__(self, settings: Settings, db: records.Database, request: Request,
                  queries: dict[str, records.Query | None], retry_queries: dict[str, records.Query | None],
                  progress: dict[str, TypeProgress], stats: dict[str, Stats], action: Action,
-                 display: Display, annotate: Annotate | None = None) -> None:
+                 display: Display, annotate: Annotate | None = None,
+                 hidden: layout.Hidden = layout.NOTHING_HIDDEN) -> None:
         self.annotate = annotate
+        self.hidden = hidden
         self.source = settings.source
         self.destination = settings.destination
         self.batch = settings.sync.db_batch
@@ -291,6 +310,7 @@ class Engine:
 
     async def _produce_all(self) -> None:
         since = self.request.since
+        source_prefix, destination_prefix = self.source.key_prefix, self.destination.key_prefix
         for name in self.request.types:
             object_type = layout.TYPES[name]
             progress, stats = self.progress[name], self.stats[name]
@@ -303,11 +323,11 @@ class Engine:
                 async for row in records.stream(self.db, query, after_id=after_id, prefetch=self.batch):
                     if self.stop.is_set():
                         return
-                    objects = layout.objects_of(object_type, row, since)
+                    objects = layout.objects_of(object_type, row, since, self.hidden)
                     stats.records += 1
                     progress.begin(row["id"], len(objects))
-                    batch.extend(Job(obj, self.source.full_key(obj.key), self.destination.full_key(obj.key),
-                                     progress, stats) for obj in objects)
+                    batch.extend(jobs_for(obj, source_prefix, destination_prefix, progress, stats)
+                                 for obj in objects)
                     if len(batch) >= self.list_batch:
                         await self._hand_out(batch)
                         batch = []
@@ -352,6 +372,7 @@ class Prepared:
     queries: dict[str, records.Query | None]
     retry_queries: dict[str, records.Query | None]
     stats: dict[str, Stats]
+    hidden: layout.Hidden
 
     def learn_sizes(self, need_source: bool) -> Annotate:
         """learn_sizes on these buckets, as the engine's annotate step."""
@@ -374,6 +395,7 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
     try:
         queries: dict[str, records.Query | None] = {}
         retry_queries: dict[str, records.Query | None] = {}
+        hidden = await records.hidden(db, tuple(layout.TYPES[name] for name in request.types))
         for name in request.types:
             object_type = layout.TYPES[name]
             queries[name] = await records.query_for(db, object_type, filters)
@@ -400,7 +422,7 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
             extra, extra_size = await records.totals(db, retry)
             count, size = count + extra, size + extra_size
         stats[name].records_total, stats[name].bytes_total = count, size
-    return Prepared(db, source, destination, queries, retry_queries, stats)
+    return Prepared(db, source, destination, queries, retry_queries, stats, hidden)
 
 
 async def _drive(engine: Engine, stats: dict[str, Stats], display: Display, report: Report, command: str,
@@ -462,18 +484,30 @@ async def _run(settings: Settings, request: Request) -> None:
             server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
         )
 
-        async def copy(job: Job) -> None:
+        async def copy_one(job: Job) -> Outcome:
             try:
-                outcome = await copier.copy(job.source_key, job.destination_key, job.known)
+                return await copier.copy(job.source_key, job.destination_key, job.known, job.obj.private)
             except StorageError as exc:  # classified but escaped: count it, never lose the worker
-                outcome = Outcome(FAILED, 0, 1, str(exc))
+                return Outcome(FAILED, 0, 1, str(exc))
             except Exception as exc:
-                outcome = Outcome(FAILED, 0, 1, redact(f"internal error: {type(exc).__name__}: {exc}"))
+                return Outcome(FAILED, 0, 1, redact(f"internal error: {type(exc).__name__}: {exc}"))
+
+        async def copy(job: Job) -> None:
+            outcome = await copy_one(job)
+            other = job.fallback
+            if outcome.status == MISSING and other is not None:
+                # Where an older Mastodon wrote this style; copied under its own key.
+                found = await copy_one(other)
+                if found.status == MISSING:
+                    outcome.error = f"not found at the source, nor at {other.source_key}"
+                else:
+                    job, outcome = other, found
             s = job.stats
             s.retries += outcome.attempts - 1
             if outcome.status == COPIED:
                 s.copied += 1
                 s.bytes += outcome.bytes
+                s.private += job.obj.private
             elif outcome.status == SKIPPED:
                 s.skipped += 1
             else:
@@ -486,7 +520,7 @@ async def _run(settings: Settings, request: Request) -> None:
             state.save(every=2.0)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
-                        stats, copy, display, prepared.learn_sizes(need_source=False))
+                        stats, copy, display, prepared.learn_sizes(need_source=False), prepared.hidden)
 
         def save_state() -> None:
             state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
@@ -527,16 +561,25 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
             else:
                 display.message(f"{status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t{reason}")
 
+        async def heads(job: Job) -> tuple[Head | None, Head | None]:
+            known = job.known or Known()
+            # Listed sizes save the HEADs; a key a listing did not show is asked about
+            # again before it is reported.
+            src = (Head(known.source_size) if known.source_size not in (None, ABSENT)
+                   else await policy.call(lambda: prepared.source.head(job.source_key)))
+            dst = (Head(known.destination_size) if known.destination_size not in (None, ABSENT)
+                   else await policy.call(lambda: prepared.destination.head(job.destination_key)))
+            return src, dst
+
         async def check(job: Job) -> None:
             s = job.stats
-            known = job.known or Known()
             try:
-                # Listed sizes save the HEADs; a key a listing did not show is asked about
-                # again before it is reported.
-                src = (Head(known.source_size) if known.source_size not in (None, ABSENT)
-                       else await policy.call(lambda: prepared.source.head(job.source_key)))
-                dst = (Head(known.destination_size) if known.destination_size not in (None, ABSENT)
-                       else await policy.call(lambda: prepared.destination.head(job.destination_key)))
+                src, dst = await heads(job)
+                other = job.fallback
+                if src is None and other is not None:
+                    found = await heads(other)
+                    if found[0] is not None:
+                        job, (src, dst) = other, found  # where an older Mastodon wrote it
             except StorageError as exc:
                 s.failed += 1
                 finding(job, "error", str(exc), None, None)
@@ -557,7 +600,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
             job.progress.finish(job.obj.id, True)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,
-                        prepared.learn_sizes(need_source=True))
+                        prepared.learn_sizes(need_source=True), prepared.hidden)
         await _drive(engine, stats, display, report, "verify", "findings")
     if engine.signals:
         raise Interrupted(engine.signals[0])

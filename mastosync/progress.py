@@ -39,6 +39,7 @@ class Stats:
     failed: int = 0
     bytes: int = 0
     retries: int = 0
+    private: int = 0  # copied without the public ACL (Mastodon keeps them private)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     # verify's findings
@@ -64,8 +65,8 @@ class Stats:
 def total_of(stats: list[Stats]) -> Stats:
     total = Stats("total")
     for s in stats:
-        for name in ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "ok", "absent",
-                     "different"):
+        for name in ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "ok",
+                     "absent", "different"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
     if all(s.records_total is not None for s in stats):
         total.records_total = sum(s.records_total or 0 for s in stats)
@@ -193,3 +194,7 @@ class Display:
             table.add_row(s.name, *(str(getattr(s, c)) for c in columns), str(s.retries), format_size(s.bytes),
                           _duration(s.elapsed), _rate(s.objects, s.elapsed), f"{s.bytes / s.elapsed / 1e6:.2f}")
         self.console.print(table)
+        private = total_of(self.stats).private
+        if self.mode == "copy" and private:
+            self.message(f"kept private: {private} objects copied without a public ACL (backups, imports, "
+                         "media of suspended accounts and of removed posts, as Mastodon keeps them)")

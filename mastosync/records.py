@@ -22,7 +22,15 @@ import asyncpg
 
 from mastosync.config import DatabaseSettings
 from mastosync.errors import DatabaseError
-from mastosync.layout import REMOTE_ALWAYS, REMOTE_IF_DOMAIN, ObjectType
+from mastosync.layout import (
+    NOTHING_HIDDEN,
+    PRIVATE_IF_HIDDEN,
+    REMOTE_ALWAYS,
+    REMOTE_IF_DOMAIN,
+    REMOTE_NEVER,
+    Hidden,
+    ObjectType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +115,11 @@ class Database:
             except Exception:  # closing a dead connection must not mask the real outcome
                 conn.terminate()
 
-    async def columns(self, table: str) -> set[str]:
-        """The table's column names (older Mastodon versions lack some)."""
+    async def columns(self, table: str, optional: bool = False) -> set[str]:
+        """The table's column names (older Mastodon versions lack some).
+
+        A missing table is an error, unless `optional`: then it has no columns.
+        """
         if table not in self._columns:
             conn = await self.connection()
             rows = await conn.fetch(
@@ -116,6 +127,8 @@ class Database:
                 "AND attnum > 0 AND NOT attisdropped",
                 table,
             )
+            if not rows and optional:
+                return set()
             if not rows:
                 raise DatabaseError(
                     f"database {self._describe()}: table {table!r} not found; is this Mastodon's database?"
@@ -168,9 +181,13 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     Returns None when the filters exclude every record (e.g. preview cards, which are
     always remote, with include_remote false).
     """
+    if not columns and object_type.optional:
+        return None  # a table this Mastodon version does not have (imports after 4.4)
     if "id" not in columns:
         raise DatabaseError(f"table {object_type.table!r} has no id column")
-    wanted = ["id", *(c for c in object_type.remote_columns if c in columns)]
+    wanted = ["id", *(c for c in object_type.extra_columns if c in columns)]
+    if filters.since is not None and "updated_at" in columns:
+        wanted.append("updated_at")  # layout.updated_since reads it too
     has_file: list[str] = []
     args: list[Any] = []
     for att in object_type.attachments:
@@ -178,11 +195,12 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
             continue
         wanted += [c for c in att.columns() if c in columns]
         condition = f"{att.file_name} <> ''"
-        if filters.since is not None and att.updated_at in columns:
+        if filters.since is not None:
+            since = _updated_since(att.updated_at, att.schema_version, columns, f"${len(args) + 1}")
+            if since is None:
+                continue  # no timestamp to compare: cannot be "updated since"
             args.append(filters.since)
-            condition += f" AND {att.updated_at} >= ${len(args)}"
-        elif filters.since is not None:
-            continue  # no timestamp to compare: cannot be "updated since"
+            condition += f" AND ({since})"
         has_file.append(f"({condition})")
     if not has_file:
         return None
@@ -205,8 +223,21 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     return Query(select, tuple(args), " + ".join(sizes) or "0")
 
 
+def _updated_since(updated_at: str, schema_version: str, columns: set[str], param: str) -> str | None:
+    """SQL for layout.updated_since: the attachment's timestamp, or the row's for files that
+    `tootctl upgrade storage-schema` moved under cache/ (it saves the row, not the timestamp)."""
+    found = []
+    if updated_at in columns:
+        found.append(f"{_quote(updated_at)} >= {param}")
+    if "updated_at" in columns and schema_version in columns:
+        found.append(f"(updated_at >= {param} AND coalesce({_quote(schema_version)}, 0) >= 1)")
+    return " OR ".join(found) or None
+
+
 def _local_condition(object_type: ObjectType, columns: set[str]) -> str | None:
     rule = object_type.remote_rule
+    if rule == REMOTE_NEVER:
+        return "TRUE"
     if rule == REMOTE_ALWAYS:
         return None
     if rule == REMOTE_IF_DOMAIN:
@@ -221,7 +252,26 @@ def _quote(name: str) -> str:
 
 async def query_for(db: Database, object_type: ObjectType, filters: Filters) -> Query | None:
     """Connects (errors surface at once, before any work) and builds the type's query."""
-    return build_query(object_type, await db.columns(object_type.table), filters)
+    return build_query(object_type, await db.columns(object_type.table, object_type.optional), filters)
+
+
+async def hidden(db: Database, types: tuple[ObjectType, ...]) -> Hidden:
+    """Which accounts are suspended and which removed posts are kept, when a type needs to know.
+
+    Read once per run, into memory: both sets are small next to the tables (thousands of
+    ids), and a join in the paged query would run again for every window of rows.
+    """
+    if not any(t.privacy == PRIVATE_IF_HIDDEN for t in types):
+        return NOTHING_HIDDEN
+
+    async def ids(table: str, column: str) -> frozenset[int]:
+        if column not in await db.columns(table, optional=True):
+            return frozenset()  # an older schema, or a test database without the table
+        sql = f"SELECT id FROM {_quote(table)} WHERE {_quote(column)} IS NOT NULL"
+        rows = await db.with_retry(lambda conn: conn.fetch(sql))
+        return frozenset(r["id"] for r in rows)
+
+    return Hidden(await ids("accounts", "suspended_at"), await ids("statuses", "deleted_at"))
 
 
 async def totals(db: Database, query: Query, after_id: int | None = None) -> tuple[int, int]:

@@ -72,8 +72,9 @@ class ResumeState:
     def __init__(self, settings: Settings, since: datetime | None) -> None:
         src, dst = settings.source, settings.destination
         self.identity = {
-            "source": [src.endpoint, src.bucket, src.key_prefix.strip("/")],
-            "destination": [dst.endpoint, dst.bucket, dst.key_prefix.strip("/")],
+            # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
+            "source": [src.endpoint, src.bucket, src.key_prefix],
+            "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
             "since": since.isoformat() if since else None,
             "include_remote": settings.sync.include_remote,
         }

@@ -601,15 +601,19 @@ class Bucket:
                 await asyncio.sleep(0.2 * 2**attempt)
 
 
-def upload_extra(destination: DestinationSettings, head: Head) -> dict[str, str]:
-    """Headers of a copied object: Content-Type and Cache-Control from the source, ACL and class from config."""
+def upload_extra(destination: DestinationSettings, head: Head, private: bool = False) -> dict[str, str]:
+    """Headers of a copied object: Content-Type and Cache-Control from the source, ACL and class from config.
+
+    An object Mastodon keeps private gets `private` instead of the configured ACL, and
+    no ACL at all when none is configured (as Mastodon with S3_PERMISSION="").
+    """
     extra: dict[str, str] = {}
     if head.content_type:
         extra["content-type"] = head.content_type
     if head.cache_control:
         extra["cache-control"] = head.cache_control
     if destination.acl:
-        extra["x-amz-acl"] = destination.acl
+        extra["x-amz-acl"] = "private" if private else destination.acl
     if destination.storage_class:
         extra["x-amz-storage-class"] = destination.storage_class
     return extra

@@ -93,15 +93,17 @@ class Copier:
     budget: MemoryBudget
     server_side: bool = False
 
-    async def copy(self, source_key: str, destination_key: str, known: Known | None = None) -> Outcome:
-        """Copy one object. `known` holds sizes already learnt by listing, saving HEADs."""
+    async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
+                   private: bool = False) -> Outcome:
+        """Copy one object. `known` holds sizes already learnt by listing, saving HEADs;
+        `private` objects are never written with the configured (public) ACL."""
         attempt = failures = throttles = 0
         while True:
             attempt += 1
             try:
                 # A retry asks again: what was listed may have changed since.
                 hints = known if attempt == 1 and known is not None else NOTHING_KNOWN
-                status, moved = await self._copy_once(source_key, destination_key, hints)
+                status, moved = await self._copy_once(source_key, destination_key, hints, private)
                 return Outcome(status, moved, attempt)
             except NotFound:
                 return Outcome(MISSING, 0, attempt, "not found at the source")
@@ -116,7 +118,8 @@ class Copier:
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
-    async def _copy_once(self, source_key: str, destination_key: str, known: Known) -> tuple[str, int]:
+    async def _copy_once(self, source_key: str, destination_key: str, known: Known,
+                         private: bool) -> tuple[str, int]:
         # A destination declared down fails the object now, before its source is read.
         self.destination.ensure_up(f"PUT {destination_key}")
         if known.destination_size is None:
@@ -132,11 +135,11 @@ class Copier:
         if self.server_side:
             source_size = source_size if source_size is not None else await self._source_size(source_key)
             await self.destination.copy(self.source, source_key, destination_key,
-                                        upload_extra(self.settings, Head(0)))
+                                        upload_extra(self.settings, Head(0), private))
             return COPIED, source_size
         head, body = await self.source.get(source_key)
         try:
-            extra = upload_extra(self.settings, head)
+            extra = upload_extra(self.settings, head, private)
             if head.size <= self.multipart_threshold:
                 await self._single(body, head, destination_key, extra)
             else:

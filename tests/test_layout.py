@@ -8,12 +8,15 @@ from typing import Any
 import pytest
 
 from mastosync import layout
-from mastosync.config import BucketSettings
 
 MEDIA = layout.TYPES["media_attachments"]
 ACCOUNTS = layout.TYPES["accounts"]
 EMOJIS = layout.TYPES["custom_emojis"]
 CARDS = layout.TYPES["preview_cards"]
+SITE = layout.TYPES["site_uploads"]
+BACKUPS = layout.TYPES["backups"]
+PROVIDERS = layout.TYPES["preview_card_providers"]
+IMPORTS = layout.TYPES["imports"]
 
 
 def keys(object_type: layout.ObjectType, row: dict[str, Any], since: datetime | None = None) -> list[str]:
@@ -55,7 +58,9 @@ P = "media_attachments/files/105/105/582/134/970/663"
         ("image/webp", "a1.webp", ["original/a1.webp", "small/a1.webp"]),
         ("image/heic", "a1.heic", ["original/a1.heic", "small/a1.jpeg"]),
         ("image/heif", "a1.heif", ["original/a1.heif", "small/a1.jpeg"]),
-        ("image/avif", "a1.avif", ["original/a1.avif", "small/a1.jpeg"]),
+        # A row still saying image/avif was processed by 4.0/4.1 (4.2+ converts to JPEG and
+        # says image/jpeg): its small kept the extension.
+        ("image/avif", "a1.avif", ["original/a1.avif", "small/a1.avif"]),
         ("image/gif", "a1.gif", ["original/a1.gif", "small/a1.png"]),
         ("video/webm", "a1.webm", ["original/a1.webm", "small/a1.png"]),
         ("video/quicktime", "a1.mov", ["original/a1.mov", "small/a1.png"]),
@@ -206,14 +211,149 @@ def test_since_selects_attachments_updated_at_or_after() -> None:
 
 @pytest.mark.parametrize(
     "prefix,expected",
-    [("", "accounts/avatars/000/000/001/original/a.png"),
-     ("mastodon", "mastodon/accounts/avatars/000/000/001/original/a.png"),
-     ("mastodon/", "mastodon/accounts/avatars/000/000/001/original/a.png"),
-     ("a/b", "a/b/accounts/avatars/000/000/001/original/a.png")],
+    [
+        ("", "accounts/avatars/000/000/001/original/a.png"),  # S3_KEY_PREFIX unset
+        ("mastodon", "mastodon/accounts/avatars/000/000/001/original/a.png"),
+        # Mastodon builds S3_KEY_PREFIX + "/" + path verbatim: a trailing slash doubles
+        ("mastodon/", "mastodon//accounts/avatars/000/000/001/original/a.png"),
+        ("a/b", "a/b/accounts/avatars/000/000/001/original/a.png"),
+        # kt-paperclip drops one leading "/" only
+        ("/mastodon", "mastodon/accounts/avatars/000/000/001/original/a.png"),
+        ("//m", "/m/accounts/avatars/000/000/001/original/a.png"),
+        ("/", "/accounts/avatars/000/000/001/original/a.png"),
+    ],
 )
-def test_key_prefix_on_either_side(prefix: str, expected: str) -> None:
+def test_key_prefix_exactly_as_mastodon_writes_it(prefix: str, expected: str) -> None:
     (obj,) = layout.objects_of(ACCOUNTS, {"id": 1, "domain": None, "avatar_file_name": "a.png"})
-    source = BucketSettings(bucket="old", key_prefix=prefix)
-    destination = BucketSettings(bucket="new", key_prefix="")
-    assert source.full_key(obj.key) == expected
-    assert destination.full_key(obj.key) == obj.key
+    assert layout.full_key(prefix, obj.key) == expected
+    assert layout.full_key(prefix, "cache/x") == expected.replace("accounts/avatars/000/000/001/original/a.png",
+                                                                  "cache/x")
+
+
+# -- site uploads, backups, provider icons, imports --------------------------------------
+
+APP_ICON_SIZES = ["57", "60", "72", "76", "114", "120", "144", "152", "167", "180", "1024",
+                  "36", "48", "96", "192", "256", "384", "512"]
+
+
+@pytest.mark.parametrize(
+    "var,name,expected",
+    [
+        ("thumbnail", "0123456789abcdef.jpg",
+         ["original/0123456789abcdef.jpg", "@1x/0123456789abcdef.png", "@2x/0123456789abcdef.png"]),
+        ("mascot", "0123456789abcdef.gif", ["original/0123456789abcdef.gif"]),
+        ("favicon", "0123456789abcdef.ico",
+         ["original/0123456789abcdef.ico", "16/0123456789abcdef.png", "32/0123456789abcdef.png",
+          "48/0123456789abcdef.png"]),
+        ("app_icon", "0123456789abcdef.png",
+         ["original/0123456789abcdef.png"] + [f"{n}/0123456789abcdef.png" for n in APP_ICON_SIZES]),
+        ("something_new", "x.png", ["original/x.png"]),  # STYLES[var] is nil: no styles
+        ("", "x.png", ["original/x.png"]),
+    ],
+)
+def test_site_upload_styles_by_var(var: str, name: str, expected: list[str]) -> None:
+    row = {"id": 12, "var": var, "file_file_name": name, "file_content_type": "image/png"}
+    assert keys(SITE, row) == [f"site_uploads/files/000/000/012/{k}" for k in expected]
+
+
+def test_app_icon_has_eighteen_sizes() -> None:
+    row = {"id": 1, "var": "app_icon", "file_file_name": "i.png"}
+    assert len(keys(SITE, row)) == 19
+
+
+@pytest.mark.parametrize(
+    "object_type,row,expected",
+    [
+        (BACKUPS, {"id": 5, "dump_file_name": "archive-20260110080000-0123456789abcdef0123456789abcdef.zip"},
+         ["backups/dumps/000/000/005/original/archive-20260110080000-0123456789abcdef0123456789abcdef.zip"]),
+        (PROVIDERS, {"id": 7, "icon_file_name": "favicon.ico", "icon_content_type": "image/x-icon"},
+         ["preview_card_providers/icons/000/000/007/original/favicon.ico",
+          "preview_card_providers/icons/000/000/007/static/favicon.png"]),
+        (IMPORTS, {"id": 3, "data_file_name": "following_accounts.csv"},
+         ["imports/data/000/000/003/original/following_accounts.csv"]),
+        (BACKUPS, {"id": 6, "dump_file_name": None}, []),
+        (PROVIDERS, {"id": 8, "icon_file_name": ""}, []),
+    ],
+)
+def test_backups_providers_imports(object_type: layout.ObjectType, row: dict[str, Any],
+                                   expected: list[str]) -> None:
+    assert keys(object_type, row) == expected
+
+
+@pytest.mark.parametrize("object_type,attachment", [(SITE, "file"), (BACKUPS, "dump"), (PROVIDERS, "icon"),
+                                                    (IMPORTS, "data")])
+def test_new_types_never_use_cache(object_type: layout.ObjectType, attachment: str) -> None:
+    row = {"id": 1, "domain": "remote.example", "remote_url": "https://r.example/x", "var": "mascot",
+           f"{attachment}_file_name": "x.png", f"{attachment}_storage_schema_version": 1}
+    assert not any(k.startswith("cache/") for k in keys(object_type, row))
+
+
+# -- what Mastodon keeps private ---------------------------------------------------------
+
+HIDDEN = layout.Hidden(suspended_accounts=frozenset({77}), discarded_statuses=frozenset({900}))
+
+
+@pytest.mark.parametrize(
+    "object_type,row,private",
+    [
+        (BACKUPS, {"id": 1, "dump_file_name": "a.zip"}, True),
+        (IMPORTS, {"id": 1, "data_file_name": "a.csv"}, True),
+        (MEDIA, {"id": 1, "file_file_name": "a.mp3", "account_id": 77, "status_id": 1}, True),  # suspended
+        (MEDIA, {"id": 1, "file_file_name": "a.mp3", "account_id": 5, "status_id": 900}, True),  # post removed
+        (MEDIA, {"id": 1, "file_file_name": "a.mp3", "account_id": 5, "status_id": 901}, False),
+        (MEDIA, {"id": 1, "file_file_name": "a.mp3", "account_id": None, "status_id": None}, False),
+        (ACCOUNTS, {"id": 77, "domain": None, "avatar_file_name": "a.png"}, False),  # avatars stay public
+        (SITE, {"id": 1, "var": "mascot", "file_file_name": "a.png"}, False),
+        (PROVIDERS, {"id": 1, "icon_file_name": "a.ico"}, False),
+        (EMOJIS, {"id": 1, "domain": None, "image_file_name": "a.png"}, False),
+        (CARDS, {"id": 1, "image_file_name": "a.png"}, False),
+    ],
+)
+def test_private_objects(object_type: layout.ObjectType, row: dict[str, Any], private: bool) -> None:
+    objects = layout.objects_of(object_type, row, hidden=HIDDEN)
+    assert objects and all(o.private == private for o in objects)
+
+
+def test_media_thumbnail_of_hidden_media_is_private_too() -> None:
+    row = {"id": 1, "file_file_name": "v.mp4", "file_content_type": "video/mp4", "thumbnail_file_name": "t.png",
+           "account_id": 77}
+    assert [(o.style, o.attachment, o.private) for o in layout.objects_of(MEDIA, row, hidden=HIDDEN)] == [
+        ("original", "file", True), ("small", "file", True), ("original", "thumbnail", True)]
+
+
+# -- keys an older Mastodon wrote elsewhere ----------------------------------------------
+
+def test_gif_small_falls_back_to_the_gif_of_mastodon_2_9() -> None:
+    original, small = layout.objects_of(MEDIA, media("image/gif", "anim.gif"))
+    assert small.key == f"{P}/small/anim.png"
+    assert small.fallback == f"{P}/small/anim.gif"
+    assert original.fallback is None
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "video/mp4", "image/heic", "image/avif"])
+def test_only_gif_smalls_have_a_fallback(content_type: str) -> None:
+    assert all(o.fallback is None for o in layout.objects_of(MEDIA, media(content_type, "a.x")))
+
+
+# -- --since and `tootctl upgrade storage-schema` ----------------------------------------
+
+T0, T1, T2 = datetime(2026, 1, 1), datetime(2026, 5, 1), datetime(2026, 6, 1)
+
+
+@pytest.mark.parametrize(
+    "file_updated,row_updated,schema,selected",
+    [
+        (T2, T0, 1, True),  # a new file
+        (T0, T2, 1, True),  # moved under cache/ by upgrade storage-schema: the row was saved
+        (T0, T2, None, False),  # row saved for another reason, never moved: files unchanged
+        (T0, T2, 0, False),
+        (T0, T0, 1, False),
+        (None, T2, 1, True),
+        (T1, T0, None, True),  # at `since`: included
+    ],
+)
+def test_since_covers_files_moved_by_upgrade_storage_schema(file_updated: datetime | None, row_updated: datetime,
+                                                            schema: int | None, selected: bool) -> None:
+    row = {"id": 1, "domain": "remote.example", "avatar_file_name": "a.png", "avatar_updated_at": file_updated,
+           "avatar_storage_schema_version": schema, "updated_at": row_updated}
+    assert bool(keys(ACCOUNTS, row, since=T1)) == selected

@@ -19,20 +19,26 @@ def settings_for(db: MastodonDb) -> DatabaseSettings:
                             password=db.password)
 
 
-async def read_keys(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES, **kw) -> set[str]:
+async def read_objects(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES,
+                       **kw) -> list[layout.MediaObject]:
     database = records.Database(settings_for(db))
-    found: set[str] = set()
+    found: list[layout.MediaObject] = []
     try:
+        hidden = await records.hidden(database, tuple(layout.TYPES[name] for name in types))
         for name in types:
             object_type = layout.TYPES[name]
             query = await records.query_for(database, object_type, filters)
             if query is None:
                 continue
             async for row in records.stream(database, query, **kw):
-                found.update(o.key for o in layout.objects_of(object_type, row, filters.since))
+                found += layout.objects_of(object_type, row, filters.since, hidden)
     finally:
         await database.close()
     return found
+
+
+async def read_keys(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES, **kw) -> set[str]:
+    return {o.key for o in await read_objects(db, filters, types, **kw)}
 
 
 @pytest.mark.parametrize("shape", ["4.6", "4.2"])
@@ -41,7 +47,35 @@ async def test_exact_keys_for_hand_built_rows(postgres, shape: str) -> None:
     inst = instance.build(shape)
     for table, rows in inst.rows.items():
         await db.insert(table, rows)
-    assert await read_keys(db, records.Filters()) == set(inst.expected(present=None))
+    assert await read_keys(db, records.Filters()) == set(inst.computed())
+
+
+@pytest.mark.parametrize("shape", ["4.6", "4.2"])
+async def test_every_table_with_files_is_read(postgres, shape: str) -> None:
+    """Seven tables on 4.4+; imports too on older databases, and no error where it was dropped."""
+    db = await make_db(postgres, shape)
+    inst = instance.build(shape)
+    for table, rows in inst.rows.items():
+        await db.insert(table, rows)
+    found = await read_objects(db, records.Filters())
+    types = {o.type for o in found}
+    assert types == set(layout.TYPE_NAMES) - ({"imports"} if shape == "4.6" else set())
+    assert {o.key for o in found if o.private} == {k for k, o in inst.computed().items() if o.private}
+    assert {o.key for o in found if o.type in ("backups", "imports")} <= {o.key for o in found if o.private}
+
+
+async def test_suspension_and_removed_posts_are_read_once(mastodon_db: MastodonDb) -> None:
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    database = records.Database(settings_for(mastodon_db))
+    try:
+        hidden = await records.hidden(database, (layout.TYPES["media_attachments"],))
+        assert hidden == layout.Hidden(frozenset({instance.SNOW + 4}), frozenset({instance.SNOW + 100}))
+        # a selection without media needs neither set
+        assert await records.hidden(database, (layout.TYPES["accounts"],)) == layout.NOTHING_HIDDEN
+    finally:
+        await database.close()
 
 
 async def test_window_reopen_hands_out_every_row_once(mastodon_db: MastodonDb) -> None:
@@ -81,7 +115,7 @@ async def test_limit_is_first_n_records_by_id(mastodon_db: MastodonDb) -> None:
         await mastodon_db.insert(table, rows)
     got = await read_keys(mastodon_db, records.Filters(limit=2), types=("media_attachments",))
     # ids 1 and 2 are the two lowest ids with files
-    assert got == {k for k, o in inst.expected(None).items() if o.type == "media_attachments" and o.id in (1, 2)}
+    assert got == {k for k, o in inst.computed().items() if o.type == "media_attachments" and o.id in (1, 2)}
 
 
 async def test_since_and_include_remote(mastodon_db: MastodonDb) -> None:
@@ -89,9 +123,9 @@ async def test_since_and_include_remote(mastodon_db: MastodonDb) -> None:
     for table, rows in inst.rows.items():
         await mastodon_db.insert(table, rows)
     since = await read_keys(mastodon_db, records.Filters(since=datetime(2026, 5, 1)))
-    assert since == {k for k, o in inst.expected(None).items() if o.updated_at >= datetime(2026, 5, 1)}
+    assert since == {k for k, o in inst.computed().items() if o.updated_at >= datetime(2026, 5, 1)}
     local = await read_keys(mastodon_db, records.Filters(include_remote=False))
-    assert local == {k for k, o in inst.expected(None).items() if o.local}
+    assert local == {k for k, o in inst.computed().items() if o.local}
     assert not any(k.startswith("cache/") for k in local)
 
 
@@ -126,11 +160,30 @@ async def test_dry_run_json_lists_every_object(tmp_path: Path, mastodon_db: Mast
     result = run_cli("dry-run", "--json", config=dry_config(tmp_path, mastodon_db, key_prefix="dst"))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert {line["source_key"] for line in lines} == {f"src-prefix/{k}" for k in inst.expected(None)}
-    assert {line["destination_key"] for line in lines} == {f"dst/{k}" for k in inst.expected(None)}
+    assert {line["source_key"] for line in lines} == {f"src-prefix/{k}" for k in inst.computed()}
+    assert {line["destination_key"] for line in lines} == {f"dst/{k}" for k in inst.computed()}
     assert len(lines) == len(inst.objects)
-    assert {line["type"] for line in lines} == set(layout.TYPE_NAMES)
+    assert {line["type"] for line in lines} == {o.type for o in inst.objects}
     assert all(isinstance(line["id"], int) for line in lines)
+    private = {line["destination_key"] for line in lines if line["private"]}
+    assert private == {f"dst/{k}" for k, o in inst.computed().items() if o.private}
+    fallbacks = {line["fallback_source_key"] for line in lines if "fallback_source_key" in line}
+    assert fallbacks == {"src-prefix/media_attachments/files/000/000/004/small/old.gif",  # every GIF small
+                         "src-prefix/media_attachments/files/105/105/582/134/970/667/small/e.gif"}
+
+
+async def test_dry_run_key_prefix_with_a_trailing_slash(tmp_path: Path, mastodon_db: MastodonDb) -> None:
+    """S3_KEY_PREFIX=mastodon/ makes Mastodon write mastodon//accounts/…: so must we."""
+    inst = instance.build()
+    for table, rows in inst.rows.items():
+        await mastodon_db.insert(table, rows)
+    config = write_config(tmp_path / "config.toml", db=mastodon_db, extra={
+        "source": {"bucket": "old", "key_prefix": "mastodon/"}, "destination": {"bucket": "new"}})
+    result = run_cli("dry-run", "--type", "custom_emojis", "--limit", "1", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "custom_emojis\t1\tmastodon//custom_emojis/images/000/000/001/original/blobcat.png"
+        "\tcustom_emojis/images/000/000/001/original/blobcat.png")
 
 
 async def test_dry_run_text_type_and_limit(tmp_path: Path, mastodon_db: MastodonDb) -> None:

@@ -31,10 +31,10 @@ def read_report(stdout: str) -> list[dict]:
 
 
 async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy, video: int = 40 * 2**20,
-                extra: dict | None = None) -> tuple[instance.Instance, str, str, Path]:
+                extra: dict | None = None, source_prefix: str = "") -> tuple[instance.Instance, str, str, Path]:
     inst = instance.build(db.shape, video_size=video)
     src, dst = new_bucket(s3, "src"), new_bucket(s3, "dst")
-    await instance.seed(inst, db, s3, src)
+    await instance.seed(inst, db, s3, src, prefix=source_prefix)
     # The destination goes through the counting proxy: a different endpoint, so bytes are
     # streamed (not server-side copied) and every request is counted.
     config = write_config(tmp_path / "config.toml", db=db, source=(s3, src), destination=(s3, dst),
@@ -51,13 +51,16 @@ async def test_run_copies_exactly_what_the_database_references(
     assert result.returncode == 0, result.stderr + result.stdout
     expected = inst.expected(present=True)
     assert s3.keys(dst) == set(expected)  # no orphan, nothing missing
+    acl_sent = {path.removeprefix(f"/{dst}/"): acl for path, acl in proxy.counters.acl.items()}
     for key, obj in expected.items():
         data, resp = s3.get(dst, key)
         assert data == obj.data, key
         assert resp["ContentType"] == obj.content_type, key
         assert resp["CacheControl"] == obj.cache_control, key
+        # Backups, imports and the media Mastodon made private never go out public.
+        assert acl_sent[key] == ("private" if obj.private else "public-read"), key
         if s3.supports_acl:
-            assert s3.public_read(dst, key), key
+            assert s3.public_read(dst, key) == (not obj.private), key
     report = read_report(result.stdout)
     assert {r["destination_key"] for r in report} == set(inst.expected(present=False))
     assert all(r["status"] == "missing" for r in report)
@@ -65,6 +68,8 @@ async def test_run_copies_exactly_what_the_database_references(
     assert not CONTROL.search(result.stdout + result.stderr), "control characters in non-terminal output"
     assert "progress:" in result.stdout  # plain progress lines, not a live display
     assert "copied" in result.stdout and "total" in result.stdout
+    private = sum(o.private for o in expected.values())
+    assert f"kept private: {private} objects" in result.stdout
 
     # A second run over the synced destination moves no data.
     proxy.reset_counters()
@@ -76,6 +81,54 @@ async def test_run_copies_exactly_what_the_database_references(
 
     verified = run_cli("verify", "--all", config=config)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_older_database_with_imports(tmp_path: Path, postgres, moto: S3Server) -> None:
+    """A Mastodon 4.2 database: the imports table is there, its files are copied, private."""
+    from tests.conftest import make_db
+
+    db = await make_db(postgres, "4.2")
+    proxy = FaultProxy(moto.port).start()
+    try:
+        inst, src, dst, config = await setup(tmp_path, db, moto, proxy, video=100_000)
+        result = run_cli("run", "--all", config=config)
+        assert result.returncode == 0, result.stderr + result.stdout
+        expected = inst.expected(present=True)
+        assert "imports" in {o.type for o in expected.values()}
+        assert moto.keys(dst) == set(expected)
+        for key, obj in expected.items():
+            assert moto.public_read(dst, key) == (not obj.private), key
+        verified = run_cli("verify", "--type", "imports", config=config)
+        assert verified.returncode == 0 and "imports" in verified.stdout, verified.stdout + verified.stderr
+    finally:
+        proxy.stop()
+
+
+async def test_key_prefix_with_a_trailing_slash(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """S3_KEY_PREFIX=mastodon/ stores keys as mastodon//accounts/…; run, rerun and verify find them.
+
+    On moto only: rclone serve s3 keeps objects as files, and a path cannot hold an
+    empty segment, so it cannot store such keys at all.
+    """
+    proxy = FaultProxy(moto.port).start()
+    try:
+        inst, src, dst, config = await setup(tmp_path, mastodon_db, moto, proxy, video=100_000,
+                                             source_prefix="mastodon/",
+                                             extra={"source": {"key_prefix": "mastodon/"},
+                                                    "destination": {"key_prefix": "new"}})
+        result = run_cli("run", "--all", config=config)
+        assert result.returncode == 0, result.stderr + result.stdout
+        expected = inst.expected(present=True)
+        assert moto.keys(src) >= {"mastodon//" + k for k in expected}
+        assert moto.keys(dst) == {"new/" + k for k in expected}
+        report = read_report(result.stdout)
+        assert {r["source_key"] for r in report} == {"mastodon//" + k for k in inst.expected(present=False)}
+        proxy.reset_counters()
+        again = run_cli("run", "--all", config=config)
+        assert again.returncode == 0 and proxy.count("PutObject", "UploadPart") == 0, again.stdout
+        assert run_cli("verify", "--all", config=config).returncode == 0
+    finally:
+        proxy.stop()
 
 
 async def test_verify_finds_deleted_and_truncated_objects(

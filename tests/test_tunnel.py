@@ -43,14 +43,14 @@ def dry_run_keys(result: subprocess.CompletedProcess[str]) -> set[str]:
 async def test_dry_run_through_the_tunnel(tmp_path: Path, mastodon_db: MastodonDb, ssh_server: AsyncsshServer) -> None:
     inst = await seeded(mastodon_db)
     result = run_cli("dry-run", "--json", config=tunnel_config(tmp_path, mastodon_db, ssh_server))
-    assert dry_run_keys(result) == set(inst.expected(None))
+    assert dry_run_keys(result) == set(inst.computed())
 
 
 async def test_password_authentication(tmp_path: Path, mastodon_db: MastodonDb, ssh_server: AsyncsshServer) -> None:
     inst = await seeded(mastodon_db)
     config = tunnel_config(tmp_path, mastodon_db, ssh_server, key_file="", password=ssh_server.password)
     assert dry_run_keys(run_cli("dry-run", "--json", config=config,
-                                env={"HOME": str(tmp_path)})) == set(inst.expected(None))
+                                env={"HOME": str(tmp_path)})) == set(inst.computed())
 
 
 async def test_wrong_host_key_stops_with_exit_2(tmp_path: Path, mastodon_db: MastodonDb,
@@ -77,7 +77,7 @@ async def test_authentication_failure_exit_2(tmp_path: Path, mastodon_db: Mastod
 async def test_checking_off_warns(tmp_path: Path, mastodon_db: MastodonDb, ssh_server: AsyncsshServer) -> None:
     inst = await seeded(mastodon_db)
     result = run_cli("dry-run", "--json", config=tunnel_config(tmp_path, mastodon_db, ssh_server, known_hosts=""))
-    assert dry_run_keys(result) == set(inst.expected(None))
+    assert dry_run_keys(result) == set(inst.computed())
     assert "host key checking is off" in result.stderr
 
 
@@ -143,6 +143,6 @@ async def test_dry_run_through_openssh(tmp_path: Path, mastodon_db: MastodonDb) 
     try:
         inst = await seeded(mastodon_db)
         result = run_cli("dry-run", "--json", config=tunnel_config(tmp_path, mastodon_db, server))
-        assert dry_run_keys(result) == set(inst.expected(None)), server.process.log() if server.process else ""
+        assert dry_run_keys(result) == set(inst.computed()), server.process.log() if server.process else ""
     finally:
         server.stop()

@@ -50,6 +50,7 @@ class Counters:
     put_bytes: int = 0
     headers: collections.Counter[str] = field(default_factory=collections.Counter)  # "Op header-name"
     stored: collections.Counter[str] = field(default_factory=collections.Counter)  # paths written (200)
+    acl: dict[str, str | None] = field(default_factory=dict)  # path → x-amz-acl of its last write request
     timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
 
 
@@ -167,6 +168,8 @@ class FaultProxy:
                 self.counters.stored[unquote(urlsplit(target).path)] += 1
             for name in headers or ():
                 self.counters.headers[f"{op} {name}"] += 1
+            if headers is not None and op in ("PutObject", "CreateMultipartUpload", "CopyObject"):
+                self.counters.acl[unquote(urlsplit(target).path)] = headers.get("x-amz-acl")
             self.counters.operations[op] += 1
             if fault:
                 self.counters.faults[fault] += 1

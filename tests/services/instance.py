@@ -1,10 +1,13 @@
-"""A small Mastodon-shaped instance: rows for the four tables and the objects they reference.
+"""A small Mastodon-shaped instance: rows for every table with files and the objects they reference.
 
 Every case of shared/mastodon-storage.md is here once: old and snowflake ids, every
-media family, GIF avatars, emoji statics, preview cards, cache/ and non-cache remote
-rows, NULL file rows, odd file names, a large video, objects the database references
-but the bucket lacks, and orphans the database does not reference. The expected keys
-are written out by hand, not computed by mastosync's layout code.
+media family, GIF avatars, emoji statics, preview cards, site uploads of each `var`,
+backups, provider icons, imports (the "4.2" shape), cache/ and non-cache remote rows,
+files moved by `tootctl upgrade storage-schema`, NULL file rows, odd file names, a large
+video, a GIF small where Mastodon 2.9 put it, media Mastodon made private (suspended
+account, removed post), objects the database references but the bucket lacks, and
+orphans the database does not reference. The expected keys are written out by hand,
+not computed by mastosync's layout code.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Obj:
     present: bool = True  # False: the database references it but the source lacks it
     updated_at: datetime = T_OLD
     local: bool = True
+    private: bool = False  # Mastodon keeps it private: it must not be written public
+    computed_key: str | None = None  # the key the layout computes, when the file sits elsewhere
 
     @property
     def data(self) -> bytes:
@@ -58,7 +63,12 @@ class Instance:
     orphans: list[str] = field(default_factory=list)
 
     def expected(self, present: bool | None = True) -> dict[str, Obj]:
+        """The keys as stored at the source (and so at the destination after a copy)."""
         return {o.key: o for o in self.objects if present is None or o.present == present}
+
+    def computed(self) -> dict[str, Obj]:
+        """The keys `dry-run` prints: the computed key even where the file sits at a fallback."""
+        return {o.computed_key or o.key: o for o in self.objects}
 
 
 def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
@@ -70,10 +80,11 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
         inst.objects.append(Obj(key, type_, rid, ct, size, **kw))
 
     def m(rid: int, name: str | None, ct: str | None, *, remote_url: str = "", schema: int | None = 1,
-          size: int = 3000, updated: datetime = T_OLD, **extra: Any) -> dict[str, Any]:
+          size: int = 3000, updated: datetime = T_OLD, updated_at: datetime | None = None,
+          **extra: Any) -> dict[str, Any]:
         row = {"id": rid, "remote_url": remote_url, "file_file_name": name, "file_content_type": ct,
                "file_file_size": size if name else None, "file_updated_at": updated if name else None,
-               "file_storage_schema_version": schema, **extra}
+               "file_storage_schema_version": schema, "updated_at": updated_at or updated, **extra}
         media.append(row)
         return row
 
@@ -87,7 +98,7 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
     m(SNOW, "aaaa.png", "image/png", updated=T_NEW)
     add("media_attachments", SNOW, f"{mp}/{SNOW_P}/original/aaaa.png", "image/png", updated_at=T_NEW)
     add("media_attachments", SNOW, f"{mp}/{SNOW_P}/small/aaaa.png", "image/png", 800, updated_at=T_NEW)
-    # webp; heic and avif get a JPEG small; the avif's small is missing (AVIF from 4.0 kept .avif)
+    # webp; heic gets a JPEG small; a row still saying image/avif was processed by 4.0/4.1: .avif small
     m(SNOW + 1, "b.webp", "image/webp")
     add("media_attachments", SNOW + 1, f"{mp}/105/105/582/134/970/664/original/b.webp", "image/webp")
     add("media_attachments", SNOW + 1, f"{mp}/105/105/582/134/970/664/small/b.webp", "image/webp", 700)
@@ -96,9 +107,8 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
     add("media_attachments", SNOW + 2, f"{mp}/105/105/582/134/970/665/small/c.jpeg", "image/jpeg", 600)
     m(SNOW + 3, "d.avif", "image/avif")
     add("media_attachments", SNOW + 3, f"{mp}/105/105/582/134/970/666/original/d.avif", "image/avif")
-    add("media_attachments", SNOW + 3, f"{mp}/105/105/582/134/970/666/small/d.jpeg", "image/jpeg", 600,
-        present=False)
-    inst.orphans.append(f"{mp}/105/105/582/134/970/666/small/d.avif")
+    add("media_attachments", SNOW + 3, f"{mp}/105/105/582/134/970/666/small/d.avif", "image/avif", 600)
+    inst.orphans.append(f"{mp}/105/105/582/134/970/666/small/d.jpeg")
     # GIF: small is a PNG key that holds GIF bytes (static GIF), Content-Type image/gif
     m(SNOW + 4, "e.gif", "image/gif")
     add("media_attachments", SNOW + 4, f"{mp}/105/105/582/134/970/667/original/e.gif", "image/gif")
@@ -153,6 +163,44 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
     # a zero-byte file
     m(3, "empty.mp3", "audio/mpeg", size=0)
     add("media_attachments", 3, f"{mp}/000/000/003/original/empty.mp3", "audio/mpeg", 0)
+    # a GIF from Mastodon 2.9: its small has no format of its own, small/<base>.gif, not .png
+    m(4, "old.gif", "image/gif")
+    add("media_attachments", 4, f"{mp}/000/000/004/original/old.gif", "image/gif")
+    add("media_attachments", 4, f"{mp}/000/000/004/small/old.gif", "image/gif", 700,
+        computed_key=f"{mp}/000/000/004/small/old.png")
+    # remote, moved under cache/ by `tootctl upgrade storage-schema` after the first run: the
+    # row's updated_at is new, file_updated_at is not (--since must still pick it up)
+    m(SNOW + 13, "moved.jpg", "image/jpeg", remote_url="https://remote.example/moved.jpg",
+      updated_at=T_NEW)
+    add("media_attachments", SNOW + 13, f"cache/{mp}/105/105/582/134/970/676/original/moved.jpg", "image/jpeg",
+        local=False, updated_at=T_NEW)
+    add("media_attachments", SNOW + 13, f"cache/{mp}/105/105/582/134/970/676/small/moved.jpg", "image/jpeg",
+        500, local=False, updated_at=T_NEW)
+    # a remote row saved recently for another reason, never moved (NULL schema): not "updated since"
+    m(SNOW + 14, "still.png", "image/png", remote_url="https://remote.example/still.png", schema=None,
+      updated_at=T_NEW)
+    add("media_attachments", SNOW + 14, f"{mp}/105/105/582/134/970/677/original/still.png", "image/png",
+        local=False)
+    add("media_attachments", SNOW + 14, f"{mp}/105/105/582/134/970/677/small/still.png", "image/png", 500,
+        local=False)
+    # media Mastodon made private: of a suspended account, and of a removed post kept for a report
+    m(SNOW + 15, "susp.jpg", "image/jpeg", account_id=SNOW + 4)
+    add("media_attachments", SNOW + 15, f"{mp}/105/105/582/134/970/678/original/susp.jpg", "image/jpeg",
+        private=True)
+    add("media_attachments", SNOW + 15, f"{mp}/105/105/582/134/970/678/small/susp.jpg", "image/jpeg", 400,
+        private=True)
+    m(SNOW + 16, "removed.png", "image/png", account_id=1, status_id=SNOW + 100)
+    add("media_attachments", SNOW + 16, f"{mp}/105/105/582/134/970/679/original/removed.png", "image/png",
+        private=True)
+    add("media_attachments", SNOW + 16, f"{mp}/105/105/582/134/970/679/small/removed.png", "image/png", 400,
+        private=True)
+    m(SNOW + 17, "kept.png", "image/png", account_id=1, status_id=SNOW + 101)  # its post is not removed
+    add("media_attachments", SNOW + 17, f"{mp}/105/105/582/134/970/680/original/kept.png", "image/png")
+    add("media_attachments", SNOW + 17, f"{mp}/105/105/582/134/970/680/small/kept.png", "image/png", 400)
+    inst.rows["statuses"] = [
+        {"id": SNOW + 100, "account_id": 1, "deleted_at": T_OLD},
+        {"id": SNOW + 101, "account_id": 1, "deleted_at": None},
+    ]
 
     # accounts: local PNG avatar + JPEG header; local GIF avatar (static PNG); remote ones
     acc: list[dict[str, Any]] = []
@@ -185,6 +233,7 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
     add("accounts", SNOW + 2, "accounts/avatars/105/105/582/134/970/665/original/o.jpg", "image/jpeg",
         local=False)
     a(SNOW + 3, None, None, None)  # no files at all
+    acc.append({"id": SNOW + 4, "username": "suspended", "domain": None, "suspended_at": T_OLD})
 
     emojis: list[dict[str, Any]] = []
     inst.rows["custom_emojis"] = emojis
@@ -216,22 +265,81 @@ def build(shape: str = "4.6", video_size: int = 40 * 1024 * 1024) -> Instance:
         local=False)
     cards.append({"id": 3, "url": "https://news.example/c", "image_file_name": None})
 
+    # site uploads: styles by `var` (app/models/site_upload.rb), never under cache/
+    su = "site_uploads/files"
+    uploads: list[dict[str, Any]] = []
+    inst.rows["site_uploads"] = uploads
+
+    def site(rid: int, var: str, name: str, ct: str, styles: list[str], missing: tuple[str, ...] = ()) -> None:
+        uploads.append({"id": rid, "var": var, "file_file_name": name, "file_content_type": ct,
+                        "file_file_size": 3000, "file_updated_at": T_OLD})
+        part = f"000/000/{rid:03d}"
+        add("site_uploads", rid, f"{su}/{part}/original/{name}", ct)
+        base = name.rsplit(".", 1)[0]
+        for style in styles:
+            add("site_uploads", rid, f"{su}/{part}/{style}/{base}.png", "image/png", 1000,
+                present=style not in missing)
+
+    site(1, "thumbnail", "a1b2c3d4e5f60718.jpg", "image/jpeg", ["@1x", "@2x"])
+    site(2, "mascot", "mascot.gif", "image/gif", [])
+    site(3, "favicon", "fav.ico", "image/vnd.microsoft.icon", ["16", "32", "48"], missing=("48",))
+    site(4, "app_icon", "icon.png", "image/png",
+         ["57", "60", "72", "76", "114", "120", "144", "152", "167", "180", "1024",
+          "36", "48", "96", "192", "256", "384", "512"])
+    # backups: private; a backup still being made has no file yet
+    inst.rows["backups"] = [
+        {"id": 1, "user_id": 1, "dump_file_name": "archive-20260110080000-0123456789abcdef0123456789abcdef.zip",
+         "dump_content_type": "application/zip", "dump_file_size": 5000, "dump_updated_at": T_OLD,
+         "processed": True},
+        {"id": 2, "user_id": 1, "processed": False},
+    ]
+    add("backups", 1, "backups/dumps/000/000/001/original/"
+        "archive-20260110080000-0123456789abcdef0123456789abcdef.zip", "application/zip", 5000, private=True)
+    # a provider icon (nothing in Mastodon sets one today, but the column is there)
+    inst.rows["preview_card_providers"] = [
+        {"id": 1, "domain": "news.example", "icon_file_name": "icon.ico",
+         "icon_content_type": "image/x-icon", "icon_file_size": 800, "icon_updated_at": T_OLD},
+        {"id": 2, "domain": "other.example"},
+    ]
+    add("preview_card_providers", 1, "preview_card_providers/icons/000/000/001/original/icon.ico",
+        "image/x-icon", 800)
+    add("preview_card_providers", 1, "preview_card_providers/icons/000/000/001/static/icon.png", "image/png", 600)
+    if shape != "4.6":  # the imports table was dropped in 4.4
+        inst.rows["imports"] = [
+            {"id": 1, "type": 0, "account_id": 1, "data_file_name": "following_accounts.csv",
+             "data_content_type": "text/csv", "data_file_size": 120, "data_updated_at": T_OLD},
+        ]
+        add("imports", 1, "imports/data/000/000/001/original/following_accounts.csv", "text/csv", 120,
+            private=True)
+
     inst.orphans += [
         f"{mp}/999/999/999/original/orphan.png",
         "cache/accounts/avatars/000/000/099/original/deleted.png",
-        "site_uploads/files/000/000/001/original/unrelated.png",
+        "site_uploads/files/000/000/009/original/unrelated.png",
+        "backups/dumps/000/000/009/original/archive-20250101000000-ffffffffffffffffffffffffffffffff.zip",
     ]
+    _row_saved_with_its_files(inst)
     return inst
+
+
+def _row_saved_with_its_files(inst: Instance) -> None:
+    """Rows' updated_at, as Mastodon leaves it: when the row was last saved (with its newest file)."""
+    for rows in inst.rows.values():
+        for row in rows:
+            stamps = [v for k, v in row.items() if k.endswith("_updated_at") and v is not None]
+            row.setdefault("updated_at", max(stamps, default=T_OLD))
 
 
 async def seed(inst: Instance, db: Any, s3: Any, bucket: str, prefix: str = "") -> None:
     """Insert the rows and upload the present objects (and the orphans) to `bucket`."""
     for table, rows in inst.rows.items():
         await db.insert(table, rows)
-    full = (lambda k: f"{prefix.strip('/')}/{k}") if prefix else (lambda k: k)
+    # Mastodon's S3_KEY_PREFIX rule: prefix + "/" + key, one leading "/" dropped.
+    full = (lambda k: f"{prefix}/{k}".removeprefix("/")) if prefix else (lambda k: k)
     for obj in inst.objects:
         if obj.present:
-            s3.put(bucket, full(obj.key), obj.data, obj.content_type, obj.cache_control, acl="public-read")
+            s3.put(bucket, full(obj.key), obj.data, obj.content_type, obj.cache_control,
+                   acl="private" if obj.private else "public-read")
     for key in inst.orphans:
         s3.put(bucket, full(key), b"orphan " + key.encode(), "image/png")
 
@@ -249,7 +357,7 @@ def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0,
         inst.rows["media_attachments"].append({
             "id": rid, "remote_url": f"https://remote.example/{n}.{ext}" if remote else "",
             "file_file_name": name, "file_content_type": ct, "file_file_size": size,
-            "file_updated_at": T_OLD, "file_storage_schema_version": 1})
+            "file_updated_at": T_OLD, "file_storage_schema_version": 1, "updated_at": T_OLD})
         digits = f"{rid:018d}"
         part = "/".join(digits[i:i + 3] for i in range(0, 18, 3))
         prefix = "cache/" if remote else ""
@@ -264,7 +372,7 @@ def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0,
         inst.rows["accounts"].append({
             "id": rid, "username": f"bulk{n}", "domain": domain, "avatar_file_name": f"{n}.png",
             "avatar_content_type": "image/png", "avatar_file_size": 4000, "avatar_updated_at": T_OLD,
-            "avatar_storage_schema_version": 1})
+            "avatar_storage_schema_version": 1, "updated_at": T_OLD})
         prefix = "cache/" if domain else ""
         inst.objects.append(Obj(f"{prefix}accounts/avatars/{part}/original/{n}.png", "accounts", rid,
                                 "image/png", 4000, local=domain is None))
@@ -273,7 +381,7 @@ def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0,
         inst.rows["custom_emojis"].append({
             "id": rid, "shortcode": f"e{n}", "domain": None, "image_file_name": f"e{n}.png",
             "image_content_type": "image/png", "image_file_size": 1200, "image_updated_at": T_OLD,
-            "image_storage_schema_version": 1})
+            "image_storage_schema_version": 1, "updated_at": T_OLD})
         for style in ("original", "static"):
             inst.objects.append(Obj(f"custom_emojis/images/000/001/{rid % 1000:03d}/{style}/e{n}.png",
                                     "custom_emojis", rid, "image/png", 1200))
@@ -282,6 +390,6 @@ def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0,
         inst.rows["preview_cards"].append({
             "id": rid, "url": f"https://news.example/{n}", "image_file_name": f"c{n}.jpg",
             "image_content_type": "image/jpeg", "image_file_size": 9000, "image_updated_at": T_OLD,
-            "image_storage_schema_version": 1})
+            "image_storage_schema_version": 1, "updated_at": T_OLD})
         inst.objects.append(Obj(f"cache/preview_cards/images/000/001/{rid % 1000:03d}/original/c{n}.jpg",
                                 "preview_cards", rid, "image/jpeg", 9000, local=False))

@@ -1,8 +1,10 @@
-"""Mastodon's four media tables, with Mastodon 4.x column names, in two shapes.
+"""Mastodon's tables with files, with Mastodon 4.x column names, in two shapes.
 
-"4.6" has media_attachments.thumbnail_storage_schema_version; "4.2" lacks it, as
-databases older than 4.6 do. Only the columns mastosync may read are created, plus a
-few it must ignore.
+"4.6" has media_attachments.thumbnail_storage_schema_version and no `imports` table
+(dropped in 4.4); "4.2" lacks the column and still has `imports`, as databases older
+than 4.4 do. `statuses` and `accounts.suspended_at` are there for what Mastodon keeps
+private. Only the columns mastosync may read are created, plus a few it must ignore.
+Column lists as in Mastodon's db/schema.rb.
 """
 
 from __future__ import annotations
@@ -12,6 +14,20 @@ SHAPES = ("4.6", "4.2")
 
 def schema_sql(shape: str = "4.6") -> str:
     thumb_schema = "thumbnail_storage_schema_version integer," if shape == "4.6" else ""
+    imports = "" if shape == "4.6" else """
+CREATE TABLE imports (
+    id bigserial PRIMARY KEY,
+    type integer NOT NULL,
+    approved boolean DEFAULT false NOT NULL,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL,
+    data_file_name character varying,
+    data_content_type character varying,
+    data_file_size integer,
+    data_updated_at timestamp without time zone,
+    account_id bigint NOT NULL,
+    overwrite boolean DEFAULT false NOT NULL
+);"""
     return f"""
 CREATE TABLE media_attachments (
     id bigint PRIMARY KEY,
@@ -40,6 +56,7 @@ CREATE TABLE accounts (
     id bigint PRIMARY KEY,
     username character varying DEFAULT '' NOT NULL,
     domain character varying,
+    suspended_at timestamp without time zone,
     avatar_file_name character varying,
     avatar_content_type character varying,
     avatar_file_size integer,
@@ -80,6 +97,49 @@ CREATE TABLE preview_cards (
     created_at timestamp without time zone DEFAULT now() NOT NULL,
     updated_at timestamp without time zone DEFAULT now() NOT NULL
 );
+CREATE TABLE statuses (
+    id bigint PRIMARY KEY,
+    account_id bigint NOT NULL,
+    text text DEFAULT '' NOT NULL,
+    deleted_at timestamp without time zone,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE site_uploads (
+    id bigserial PRIMARY KEY,
+    var character varying DEFAULT '' NOT NULL,
+    file_file_name character varying,
+    file_content_type character varying,
+    file_file_size integer,
+    file_updated_at timestamp without time zone,
+    meta json,
+    blurhash character varying,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE backups (
+    id bigserial PRIMARY KEY,
+    user_id bigint,
+    dump_file_name character varying,
+    dump_content_type character varying,
+    dump_file_size bigint,
+    dump_updated_at timestamp without time zone,
+    processed boolean DEFAULT false NOT NULL,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+CREATE TABLE preview_card_providers (
+    id bigserial PRIMARY KEY,
+    domain character varying DEFAULT '' NOT NULL,
+    icon_file_name character varying,
+    icon_content_type character varying,
+    icon_file_size bigint,
+    icon_updated_at timestamp without time zone,
+    trendable boolean,
+    created_at timestamp without time zone DEFAULT now() NOT NULL,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL
+);
+{imports}
 """
 
 
