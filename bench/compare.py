@@ -1,6 +1,6 @@
 """mastosync against rclone on the same job, on this machine.
 
-    .venv/bin/python bench/compare.py [--objects 3000] [--concurrency 32] [--pairs 2]
+    .venv/bin/python bench/compare.py [--objects 3000] [--concurrency 32] [--pairs 2] [--baseline DIR]
 
 Starts two `rclone serve s3` servers on fresh directories and a throwaway PostgreSQL,
 creates a synthetic instance (media_attachments, originals log-normal around 100 KB,
@@ -10,7 +10,10 @@ of the same keys with the same concurrency. Prints wall time, objects/s, MB/s, C
 RSS of each tool process, and the objects/s ratio (median over the pairs). Also: a rerun
 over a complete destination, a latency-bound case through a proxy adding 25 ms to every
 request (and the same with 100 ms), with the CPU the servers and proxies used meanwhile,
-and peak RSS at concurrency 64 with the videos in the mix. Prints figures only.
+and peak RSS at concurrency 64 with the videos in the mix. With --baseline DIR (a checkout
+of another mastosync version, e.g. `git worktree add /tmp/before <commit>`), that version
+runs the fresh copy too, in the same pairs: before and after measured side by side.
+Prints figures only.
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ class Measure:
                 f"cpu {self.cpu:6.2f}s  peak RSS {self.rss_mb:6.1f} MB")
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds, peak RSS MB) of a child process; fails loudly on error."""
+def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MB) of a child process; fails loudly on error.
+
+    `python -m mastosync` imports the package from `cwd` (it comes first on sys.path).
+    """
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     code = os.waitstatus_to_exitcode(status)
@@ -160,7 +166,8 @@ class Bench:
         return name
 
     def mastosync(self, db, src_bucket: str, dst_bucket: str, concurrency: int, *extra: str,
-                  src_endpoint: str | None = None, dst_endpoint: str | None = None) -> tuple[float, float, float]:
+                  src_endpoint: str | None = None, dst_endpoint: str | None = None,
+                  root: Path = ROOT) -> tuple[float, float, float]:
         config = self.tmp / f"m-{dst_bucket}.toml"
         config.write_text(to_toml({
             "database": {"host": self.pg.host, "port": self.pg.port, "name": db.name, "user": db.user,
@@ -171,7 +178,7 @@ class Bench:
                             "access_key_id": self.dst.access_key, "secret_access_key": self.dst.secret_key},
             "sync": {"concurrency": concurrency, "state_dir": str(self.tmp / "state" / dst_bucket)},
         }))
-        return timed([sys.executable, "-m", "mastosync", "run", "--all", "--config", str(config), *extra])
+        return timed([sys.executable, "-m", "mastosync", "run", "--all", "--config", str(config), *extra], cwd=root)
 
     def rclone(self, src_bucket: str, dst_bucket: str, keys: Path, concurrency: int,
                src_endpoint: str | None = None, dst_endpoint: str | None = None) -> tuple[float, float, float]:
@@ -186,9 +193,11 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="a checkout of another mastosync, run beside this one")
     args = parser.parse_args()
     # Measured as installed: pip compiles the bytecode, so the runs do not compile the source.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "mastosync")], check=True)
+    for root in (ROOT, *([args.baseline] if args.baseline else [])):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "mastosync")], check=True)
     bench = Bench(args)
     try:
         run(bench, args)
@@ -209,24 +218,39 @@ def run(bench: Bench, args: argparse.Namespace) -> None:
           f"{total / MB:.0f} MB; concurrency {args.concurrency}")
 
     print("\n== fresh copy, alternating ==")
-    ratios, m_runs, r_runs = [], [], []
+    ratios, m_runs, r_runs, baseline_ratios = [], [], [], []
+    order = ["mastosync", "rclone", *(["baseline"] if args.baseline else [])]
     for pair in range(args.pairs):
-        # Who goes first alternates: the first run after seeding meets the servers' cold caches.
+        # Who goes first rotates: the first run after seeding meets the servers' cold caches.
         dst, dst_r = bench.fresh_bucket(), bench.fresh_bucket()
-        for tool in (("mastosync", "rclone") if pair % 2 == 0 else ("rclone", "mastosync")):
+        for tool in order[pair % len(order):] + order[:pair % len(order)]:
             if tool == "mastosync":
                 m = Measure("mastosync", *bench.mastosync(db, "src", dst, args.concurrency), len(objects), total)
                 print(m.line())
+            elif tool == "baseline":
+                dst_b = bench.fresh_bucket()
+                b = Measure("baseline", *bench.mastosync(db, "src", dst_b, args.concurrency, root=args.baseline),
+                            len(objects), total)
+                bench.drop_bucket(dst_b)
+                print(b.line())
             else:
                 r = Measure("rclone", *bench.rclone("src", dst_r, keys, args.concurrency), len(objects), total)
                 print(r.line())
         ratios.append(m.rate / r.rate)
+        if args.baseline:
+            baseline_ratios.append(m.rate / b.rate)
+        # Requests per object are about 2 (GET and PUT) plus listings and a few parts.
+        print(f"           mastosync CPU per object {m.cpu / len(objects) * 1000:.2f} ms"
+              + (f", baseline {b.cpu / len(objects) * 1000:.2f} ms" if args.baseline else ""))
         m_runs.append((m, dst))
         r_runs.append((r, dst_r))
         if pair:  # the first pair's buckets are kept for the reruns
             bench.drop_bucket(dst)
             bench.drop_bucket(dst_r)
     print(f"objects/s ratio mastosync/rclone (median of {len(ratios)} pairs): {statistics.median(ratios):.2f}")
+    if baseline_ratios:
+        print(f"objects/s ratio mastosync/baseline (median of {len(baseline_ratios)} pairs): "
+              f"{statistics.median(baseline_ratios):.2f}")
 
     print("\n== rerun over a complete destination ==")
     m = Measure("mastosync", *bench.mastosync(db, "src", m_runs[0][1], args.concurrency, "--restart"),

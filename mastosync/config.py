@@ -76,6 +76,8 @@ class BucketSettings:
     session_token: str = _opt("", secret=True)
     key_prefix: str = _opt("")
     addressing_style: str = _opt("path", choices=("path", "virtual", "auto"))
+    profile: str = _opt("")  # a profile of ~/.aws/config and ~/.aws/credentials, instead of keys
+    ca_bundle: str = _opt("", kind="path")  # PEM file of CAs to trust (else AWS_CA_BUNDLE, else the system's)
 
     def same_place_as(self, other: BucketSettings) -> bool:
         """True when both sides are one account on one endpoint (server-side copy works)."""
@@ -314,6 +316,13 @@ def _check_together(settings: Settings) -> None:
             )
         if not getattr(settings, name).bucket:
             raise ConfigError(f"{name}.bucket", "must not be empty")
+    for name in ("source", "destination"):
+        side = getattr(settings, name)
+        if side.profile and (side.access_key_id or side.secret_access_key):
+            raise ConfigError(f"{name}.profile", "give either a profile or access_key_id and secret_access_key, "
+                                                 "not both")
+        if side.ca_bundle and not Path(side.ca_bundle).is_file():
+            raise ConfigError(f"{name}.ca_bundle", f"no such file: {side.ca_bundle}")
     if settings.ssh.enabled:
         for key in ("host", "user"):
             if not getattr(settings.ssh, key):

@@ -24,11 +24,11 @@ from typing import Any, TextIO
 
 from mastosync import layout, records
 from mastosync.config import Settings
-from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
+from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
 from mastosync.progress import Display, Stats
 from mastosync.redact import redact
 from mastosync.state import Report, ResumeState, TypeProgress
-from mastosync.storage import Bucket, Head, RetryPolicy, StorageError
+from mastosync.storage import Bucket, Head, RetryPolicy, StorageError, upload_extra
 from mastosync.transfer import (
     ABSENT,
     COPIED,
@@ -242,6 +242,7 @@ class Engine:
         self.display = display
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=request.concurrency * 2)
         self.signals: list[int] = []
+        self.fatal: MastosyncError | None = None
         self.stop = asyncio.Event()
         self.hard_stop = asyncio.Event()
         self.finished_types: dict[str, bool] = {name: False for name in request.types}
@@ -354,7 +355,14 @@ class Engine:
 
     async def _worker(self) -> None:
         while (job := await self.queue.get()) is not None:
-            await self.action(job)
+            try:
+                await self.action(job)
+            except MastosyncError as exc:
+                # An error that ends the run (not the object): stop as after Ctrl-C, then raise it.
+                if self.fatal is None:
+                    self.fatal = exc
+                    self.stop.set()
+                return
 
 
 
@@ -391,7 +399,11 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
         Bucket(settings.destination, pool, settings.sync.timeout, "destination"))
     # Both buckets at once, and while the database is asked what to do: each check is a
     # round trip or two to a provider that may be far away.
-    checks = asyncio.gather(source.check(), destination.check(write=write), return_exceptions=True)
+    # The write check sends what every copy sends (ACL, storage class), so a bucket that refuses
+    # them is found now.
+    checks = asyncio.gather(source.check(), destination.check(write=write, extra=upload_extra(settings.destination,
+                                                                                               Head(0))),
+                            return_exceptions=True)
     try:
         queries: dict[str, records.Query | None] = {}
         retry_queries: dict[str, records.Query | None] = {}
@@ -437,7 +449,8 @@ async def _drive(engine: Engine, stats: dict[str, Stats], display: Display, repo
         if save_state is not None:
             save_state()
         report.close()
-        display.summary(f"mastosync {command}" + (" (interrupted)" if engine.signals else ""))
+        stopped = engine.signals or engine.fatal is not None
+        display.summary(f"mastosync {command}" + (" (interrupted)" if stopped else ""))
         display.message(f"report: {report.path} ({report.lines} {counted})")
 
 
@@ -462,14 +475,14 @@ async def _run(settings: Settings, request: Request) -> None:
         prepared = await _prepare(stack, settings, request, progress, write=True)
         stats = prepared.stats
         display = Display(list(stats.values()), settings.sync.progress_interval)
-        if state.unaborted:  # multipart uploads a previous run could not abort
-            pending, state.unaborted = state.unaborted, []
-            for key, upload_id in pending:
-                await prepared.destination.abort_multipart(key, upload_id)
-            state.unaborted = prepared.destination.unaborted
-            display.message(f"mastosync: aborted {len(pending) - len(state.unaborted)} multipart uploads "
-                            "left open by an earlier run")
-        state.unaborted = prepared.destination.unaborted  # the same list: filled as aborts fail
+        destination = prepared.destination
+        if state.open_uploads:  # multipart uploads an earlier run left open (a crash, an abort refused)
+            left = sorted(state.open_uploads)
+            aborted = [await destination.abort_multipart(key, upload_id) for key, upload_id in left]
+            state.open_uploads = {u for u, done in zip(left, aborted, strict=True) if not done}
+            display.message(f"mastosync: aborted {sum(aborted)} of {len(left)} multipart uploads left open by an "
+                            "earlier run")
+        destination.on_upload_started, destination.on_upload_ended = state.upload_started, state.upload_ended
         if resumed:
             display.message("mastosync: resuming an unfinished run (--restart starts over): "
                             + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
@@ -487,6 +500,8 @@ async def _run(settings: Settings, request: Request) -> None:
         async def copy_one(job: Job) -> Outcome:
             try:
                 return await copier.copy(job.source_key, job.destination_key, job.known, job.obj.private)
+            except MastosyncError:
+                raise  # stops the run (expired credentials): every other object would fail the same way
             except StorageError as exc:  # classified but escaped: count it, never lose the worker
                 return Outcome(FAILED, 0, 1, str(exc))
             except Exception as exc:
@@ -508,6 +523,9 @@ async def _run(settings: Settings, request: Request) -> None:
                 s.copied += 1
                 s.bytes += outcome.bytes
                 s.private += job.obj.private
+                s.proofs[outcome.proof or "transfer"] += 1
+                if outcome.note:
+                    report.write(_entry(job, "copied", outcome.note, outcome.attempts))
             elif outcome.status == SKIPPED:
                 s.skipped += 1
             else:
@@ -523,10 +541,13 @@ async def _run(settings: Settings, request: Request) -> None:
                         stats, copy, display, prepared.learn_sizes(need_source=False), prepared.hidden)
 
         def save_state() -> None:
-            state.save(complete={n: engine.finished_types[n] and not engine.signals for n in request.types})
+            stopped = bool(engine.signals) or engine.fatal is not None
+            state.save(complete={n: engine.finished_types[n] and not stopped for n in request.types})
 
         await _drive(engine, stats, display, report, "run", "failed or missing objects", save_state)
     total_failed = sum(s.failed for s in stats.values())
+    if engine.fatal is not None:
+        raise engine.fatal
     if engine.signals:
         raise Interrupted(engine.signals[0])
     if total_failed:

@@ -9,6 +9,7 @@ per-object path.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sys
 import time
@@ -40,6 +41,7 @@ class Stats:
     bytes: int = 0
     retries: int = 0
     private: int = 0  # copied without the public ACL (Mastodon keeps them private)
+    proofs: collections.Counter[str] = field(default_factory=collections.Counter)  # copied, by content proof
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     # verify's findings
@@ -68,6 +70,8 @@ def total_of(stats: list[Stats]) -> Stats:
         for name in ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "ok",
                      "absent", "different"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
+    for s in stats:
+        total.proofs.update(s.proofs)
     if all(s.records_total is not None for s in stats):
         total.records_total = sum(s.records_total or 0 for s in stats)
         total.bytes_total = sum(s.bytes_total or 0 for s in stats)
@@ -194,7 +198,13 @@ class Display:
             table.add_row(s.name, *(str(getattr(s, c)) for c in columns), str(s.retries), format_size(s.bytes),
                           _duration(s.elapsed), _rate(s.objects, s.elapsed), f"{s.bytes / s.elapsed / 1e6:.2f}")
         self.console.print(table)
-        private = total_of(self.stats).private
+        total = total_of(self.stats)
+        private = total.private
+        if self.mode == "copy" and total.proofs:
+            names = {"md5": "the source's MD5 ETag", "multipart-etag": "its multipart ETag recomputed",
+                     "server-side": "server-side copy", "transfer": "the destination's Content-MD5 check only"}
+            self.message("content proven: " + ", ".join(f"{n} by {names.get(proof, proof)}"
+                                                         for proof, n in total.proofs.most_common()))
         if self.mode == "copy" and private:
             self.message(f"kept private: {private} objects copied without a public ACL (backups, imports, "
                          "media of suspended accounts and of removed posts, as Mastodon keeps them)")

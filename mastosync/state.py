@@ -81,7 +81,9 @@ class ResumeState:
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(settings.sync.state_dir) / f"resume-{digest}.json"
         self.types: dict[str, TypeProgress] = {}
-        self.unaborted: list[tuple[str, str]] = []  # (key, upload id) still to abort
+        # Multipart uploads started and not yet completed or aborted: (key, upload id).
+        # Written when one starts, so that after a crash the next run aborts what was left.
+        self.open_uploads: set[tuple[str, str]] = set()
         self._saved_at = 0.0
 
     def load(self, types: tuple[str, ...], restart: bool) -> dict[str, TypeProgress]:
@@ -93,7 +95,7 @@ class ResumeState:
                 if data.get("version") == VERSION and data.get("identity") == self.identity:
                     saved = {} if restart else data.get("types", {})
                     # Open uploads are billed: they are aborted even when progress is not resumed.
-                    self.unaborted = [tuple(u) for u in data.get("unaborted", [])]  # type: ignore[misc]
+                    self.open_uploads = {(str(k), str(u)) for k, u in data.get("open_uploads", [])}
             except (OSError, ValueError):
                 saved = {}  # unreadable state: start over, which is always safe
         for name in types:
@@ -115,7 +117,7 @@ class ResumeState:
             if complete and complete.get(name) and not progress.failed_ids:
                 types[name]["complete"] = True
         payload = {"version": VERSION, "identity": self.identity, "types": types,
-                   "unaborted": [list(u) for u in self.unaborted],
+                   "open_uploads": sorted([k, u] for k, u in self.open_uploads),
                    "saved_at": datetime.now().astimezone().isoformat(timespec="seconds")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -124,6 +126,15 @@ class ResumeState:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+    def upload_started(self, key: str, upload_id: str) -> None:
+        """Record an upload at once: uploads are rare (large objects), a crash can come any time."""
+        self.open_uploads.add((key, upload_id))
+        self.save()
+
+    def upload_ended(self, key: str, upload_id: str) -> None:
+        self.open_uploads.discard((key, upload_id))
 
 
 class Report:

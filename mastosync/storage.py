@@ -1,9 +1,15 @@
 """One S3 endpoint and bucket: the few calls mastosync makes, their errors, and the retry policy.
 
-Requests are signed here (sigv4.py) and sent on one pool of keep-alive connections per
-bucket per run (http1.py). botocore is not on this path: its per-request machinery costs
-more CPU than copying a typical Mastodon image (see the README's Performance section). It is still used, lazily, for one thing it does well:
-finding credentials when the configuration gives none (environment, ~/.aws, instance role).
+Requests are signed here (sigv4.py) and sent on one aiohttp session of keep-alive
+connections per bucket per run (transport.py). botocore is not on this path: its
+per-request machinery costs more CPU than copying a typical Mastodon image (see the
+README's Performance section). It is still used, lazily, for one thing it does well:
+finding credentials when the configuration gives none, or names a `profile`
+(environment, ~/.aws, instance role).
+
+Like botocore, a request follows the bucket's real region when AWS says it is elsewhere
+(x-amz-bucket-region), re-signs with the server's clock after RequestTimeTooSkewed, and
+a throttled answer's Retry-After is honoured by the retries.
 
 What is sent matches what S3-compatible providers accept: no `Expect: 100-continue`
 (an extra round trip per upload, and a known source of hangs), no new-style default
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import email.utils
 import hashlib
 import html
 import os
@@ -31,6 +38,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote_plus, urlsplit
@@ -38,7 +46,6 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from mastosync import __version__
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
-from mastosync.http1 import ConnectFailed, HTTPError, Pool, Response
 from mastosync.redact import redact
 from mastosync.sigv4 import (
     EMPTY_SHA256,
@@ -48,6 +55,7 @@ from mastosync.sigv4 import (
     canonical_query,
     encode_key,
 )
+from mastosync.transport import CertificateError, ConnectFailed, HTTPError, Response, Transport
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({
@@ -61,6 +69,12 @@ THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Re
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
 ACCESS_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                           "InvalidToken", "ExpiredToken"})
+EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired", "RequestExpired"})
+REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                          "AuthorizationQueryParametersError"})
+SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "InvalidSignatureException"})
+# Stored headers that go with the bytes (besides Content-Type and Cache-Control).
+KEPT_HEADERS = ("content-encoding", "content-disposition", "content-language", "expires")
 T = TypeVar("T")
 PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
@@ -90,17 +104,18 @@ class Transient(StorageError):
     """Worth retrying: throttling, server errors, resets, timeouts, truncated bodies."""
 
     def __init__(self, message: str, throttled: bool = False, unreachable: bool = False,
-                 code: str = "", status: int = 0) -> None:
+                 code: str = "", status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(message, code, status)
         self.throttled = throttled
         self.unreachable = unreachable  # no connection could be made at all
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
 
 
 class Permanent(StorageError):
     """Retrying will not help: access denied, no such bucket, bad request."""
 
 
-def answer_error(what: str, status: int, body: bytes) -> StorageError:
+def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
     """The error an S3 answer stands for, from its status and (if any) its XML error body."""
     found = ERROR_CODE.search(body)
     code = html.unescape(found.group(1).decode("utf-8", "replace")) if found else ""
@@ -111,7 +126,7 @@ def answer_error(what: str, status: int, body: bytes) -> StorageError:
         return NotFound(text, code, status)
     if code in TRANSIENT_CODES or (status in TRANSIENT_STATUS and code not in ACCESS_CODES):
         throttled = code in THROTTLE_CODES or status in (429, 503)
-        return Transient(text, throttled=throttled, code=code, status=status)
+        return Transient(text, throttled=throttled, code=code, status=status, retry_after=retry_after)
     return Permanent(text, code, status)
 
 
@@ -119,7 +134,7 @@ def classify(exc: BaseException, what: str) -> StorageError:
     """Any exception from an S3 call → NotFound, Transient or Permanent."""
     if isinstance(exc, StorageError):
         return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    if isinstance(exc, ssl.SSLCertVerificationError | CertificateError):
         return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.verify_message})"))
     if isinstance(exc, ConnectFailed):
         return Transient(redact(f"{what}: {exc}"), unreachable=True)
@@ -137,14 +152,15 @@ class Head:
     etag: str | None = None
     content_type: str | None = None
     cache_control: str | None = None
+    # Other stored headers to copy with it (KEPT_HEADERS, x-amz-meta-*), lower-case names.
+    metadata: tuple[tuple[str, str], ...] = ()
+    encrypted: bool = False  # SSE-KMS, DSSE-KMS or SSE-C: the ETag is not an MD5
 
     @property
-    def content_md5(self) -> str | None:
-        """Content-MD5 for a re-upload, when the ETag is a plain MD5 (single-part upload)."""
+    def md5(self) -> str | None:
+        """The MD5 of the bytes (hex), when the ETag is one: a single-part upload without SSE-KMS/SSE-C."""
         etag = (self.etag or "").strip('"').lower()
-        if PLAIN_MD5.match(etag):
-            return base64.b64encode(bytes.fromhex(etag)).decode()
-        return None
+        return etag if PLAIN_MD5.match(etag) and not self.encrypted else None
 
 
 def content_md5(data: bytes | bytearray) -> str:
@@ -152,8 +168,27 @@ def content_md5(data: bytes | bytearray) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
-def _head(headers: dict[str, str], size: int) -> Head:
-    return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"))
+def _head(headers: Any, size: int) -> Head:
+    kept = tuple((name, value) for name, value in ((k.lower(), v) for k, v in headers.items())
+                 if name in KEPT_HEADERS or name.startswith("x-amz-meta-"))
+    encrypted = (headers.get("x-amz-server-side-encryption", "").lower().startswith("aws:kms")
+                 or "x-amz-server-side-encryption-customer-algorithm" in headers)
+    return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"), kept,
+                encrypted)
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(300.0, max(0.0, float(value)))
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return min(300.0, max(0.0, moment.timestamp() - time.time()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +199,12 @@ class RetryPolicy:
     base: float = 0.1
     cap: float = 20.0
 
-    def delay(self, attempt: int, throttled: bool = False) -> float:
+    def delay(self, attempt: int, throttled: bool = False, retry_after: float | None = None) -> float:
         # Throttling means the provider wants fewer requests: start the backoff higher.
         base = self.base * (5 if throttled else 1)
-        return random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
+        jittered = random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
+        # A server that says when to come back is believed (capped in _retry_after).
+        return max(jittered, retry_after or 0.0)
 
     async def call(self, fn: Callable[[], Awaitable[T]], retry_unreachable: bool = True) -> T:
         """Call `fn`, retrying Transient errors with backoff; other errors pass through.
@@ -183,7 +220,7 @@ class RetryPolicy:
             except Transient as exc:
                 if attempt > self.retries or (exc.unreachable and not retry_unreachable):
                     raise
-                await asyncio.sleep(self.delay(attempt, exc.throttled))
+                await asyncio.sleep(self.delay(attempt, exc.throttled, exc.retry_after))
 
 
 class Pacer:
@@ -307,11 +344,21 @@ class Body:
         if filled != size:
             raise Transient(f"{self._what}: body truncated: got {filled} of {size} bytes")
         if last and not self._response.complete:
-            raise Transient(f"{self._what}: body longer than expected")
+            probe = bytearray(1)
+            try:
+                extra = await self._response.readinto(memoryview(probe))
+            except Exception as exc:
+                raise classify(exc, f"{self._what}: reading the body") from None
+            if extra:
+                raise Transient(f"{self._what}: body longer than expected")
         return buffer
 
     def close(self) -> None:
         self._response.release()
+
+
+class CredentialsExpired(BucketError):
+    """The configured session token has expired: every request will now fail, so the run stops."""
 
 
 class Bucket:
@@ -323,52 +370,87 @@ class Bucket:
         self.name = settings.bucket
         self.label = label
         self._timeout = timeout
-        self.pool: Pool | None = None
+        self._pool_size = pool_size
+        self.transport: Transport | None = None
         self.pacer = Pacer(pool_size, down_after=timeout)
-        self.unaborted: list[tuple[str, str]] = []  # multipart uploads an abort could not reach
+        # Called with (key, upload id) when a multipart upload starts and when it is
+        # completed or aborted, so the resume state knows which may be left open.
+        self.on_upload_started: Callable[[str, str], None] | None = None
+        self.on_upload_ended: Callable[[str, str], None] | None = None
+        self._region = settings.region or "us-east-1"
         self._origin, self._path = bucket_url(settings)
         self._host = urlsplit(self._origin).netloc
         self._https = self._origin.startswith("https:")
         self._signer: Signer | None = None
-        self._credential_source: Any = None  # botocore's, when the configuration has no keys
+        self._credential_source: Any = None  # botocore's, when the configuration has no keys or a profile
         self._credentials_checked = 0.0
+        self._clock_offset = 0.0  # the server's clock minus ours, learnt from RequestTimeTooSkewed
 
     def describe(self) -> str:
-        return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self.settings.region}"
+        return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self._region}"
 
     async def __aenter__(self) -> Bucket:
-        self.pool = Pool(self._origin, connect_timeout=min(self._timeout, 20), read_timeout=self._timeout)
+        self._open_transport()
         return self
+
+    def _open_transport(self) -> None:
+        self.transport = Transport(self._origin, connect_timeout=min(self._timeout, 20), read_timeout=self._timeout,
+                                   pool_size=self._pool_size + 4, ca_bundle=self.settings.ca_bundle)
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        if self.transport is not None:
+            await self.transport.close()
 
     # -- credentials and signing ---------------------------------------------------------
 
     async def _get_signer(self) -> Signer:
         s = self.settings
-        if self._signer is None and (s.access_key_id or s.secret_access_key):
-            self._signer = Signer(Credentials(s.access_key_id, s.secret_access_key, s.session_token),
-                                  s.region or "us-east-1")
+        if self._signer is None and not s.profile and (s.access_key_id or s.secret_access_key):
+            self._signer = Signer(Credentials(s.access_key_id, s.secret_access_key, s.session_token), self._region)
         if self._credential_source is None and self._signer is not None:
             return self._signer
         now = time.monotonic()
         if self._signer is None or now - self._credentials_checked > CREDENTIALS_REFRESH_SECONDS:
             self._credentials_checked = now
             if self._credential_source is None:
-                # Imported only here: most runs configure keys, and botocore is heavy.
-                from aiobotocore.session import AioSession
-                self._credential_source = await AioSession().get_credentials()
-                if self._credential_source is None:
-                    raise Permanent(f"{self.describe()}: no credentials (set access_key_id and "
-                                    "secret_access_key)", code="NoCredentials")
+                self._credential_source = await self._find_credentials()
             frozen = await self._credential_source.get_frozen_credentials()
             credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token or "")
             if self._signer is None or self._signer.credentials != credentials:
-                self._signer = Signer(credentials, s.region or "us-east-1")
+                self._signer = Signer(credentials, self._region)
         return self._signer
+
+    async def _find_credentials(self) -> Any:
+        # Imported only here: most runs configure keys, and botocore is heavy.
+        from aiobotocore.session import AioSession
+        from botocore.exceptions import ProfileNotFound
+
+        profile = self.settings.profile
+        try:
+            source = await AioSession(profile=profile or None).get_credentials()
+        except ProfileNotFound:
+            raise Permanent(f"{self.describe()}: no profile {profile!r} in the AWS configuration files",
+                            code="NoCredentials") from None
+        if source is None:
+            where = f"profile {profile!r} has no keys" if profile else "no credentials (set access_key_id and " \
+                "secret_access_key, or profile)"
+            raise Permanent(f"{self.describe()}: {where}", code="NoCredentials")
+        return source
+
+    def _resign_for(self, region: str) -> None:
+        """Sign from now on for `region` (the bucket turned out to live there)."""
+        self._region = region
+        if self._signer is not None:
+            self._signer = Signer(self._signer.credentials, region)
+        if not self.settings.endpoint:  # AWS's default endpoint: the regional one
+            self._origin, self._path = bucket_url(BucketSettings(
+                bucket=self.settings.bucket, region=region, addressing_style=self.settings.addressing_style))
+            self._host = urlsplit(self._origin).netloc
+            old, self.transport = self.transport, None
+            self._open_transport()
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
 
     # -- one request ---------------------------------------------------------------------
 
@@ -379,7 +461,19 @@ class Bucket:
 
         Returns the response and its body. With `stream`, the body is left unread, and
         the request keeps its place in the pacer until the caller releases the response.
+        A wrong region or a skewed clock is corrected once, and the request sent again.
         """
+        for attempt in range(3):
+            try:
+                return await self._send_once(method, key, what, query, headers, body, stream)
+            except _Redo:
+                if attempt == 2:
+                    break
+        raise Permanent(f"{what}: {self.describe()} keeps redirecting to another region or clock")
+
+    async def _send_once(self, method: str, key: str | None, what: str, query: dict[str, str] | None,
+                         headers: dict[str, str] | None, body: bytes | bytearray,
+                         stream: bool) -> tuple[Response, bytes]:
         self.ensure_up(what)
         signer = await self._get_signer()
         path = self._path + (encode_key(key) if key is not None else "")
@@ -390,22 +484,25 @@ class Bucket:
             payload_hash = UNSIGNED_PAYLOAD
         else:
             payload_hash = hashlib.sha256(body).hexdigest()
-        signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash)
+        now = datetime.now(UTC) + timedelta(seconds=self._clock_offset) if self._clock_offset else None
+        signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash, now)
         signed["user-agent"] = USER_AGENT
         target = f"{path}?{query_string}" if query_string else path
-        assert self.pool is not None, "Bucket used outside `async with`"
+        assert self.transport is not None, "Bucket used outside `async with`"
+        transport = self.transport
         await self.pacer.acquire()
         held = True
         try:
-            response = await self.pool.request(method, target, signed, body)
+            response = await transport.request(method, target, signed, body)
             if response.status >= 300:
                 try:
-                    error_body = await response.read(ERROR_BODY_LIMIT)
+                    error_body = await response.read(ERROR_BODY_LIMIT) if method != "HEAD" else b""
                 except (HTTPError, OSError):
                     error_body = b""
                 finally:
                     response.release()
-                raise answer_error(what, response.status, error_body)
+                self._correct(response, error_body)  # raises _Redo when worth sending again
+                raise answer_error(what, response.status, error_body, _retry_after(response.headers))
             if stream:
                 response.on_release, held = self.pacer.release, False
                 data = b""
@@ -414,6 +511,8 @@ class Bucket:
                     data = await response.read()
                 finally:
                     response.release()
+        except _Redo:
+            raise
         except Exception as exc:
             error = classify(exc, what)
             if error.throttled:
@@ -422,12 +521,35 @@ class Bucket:
                 self.pacer.unreachable()
             elif error.status:
                 self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
+            if error.code in EXPIRED_CODES and self._credential_source is None:
+                raise CredentialsExpired(f"{self.describe()}: the configured session_token has expired "
+                                         f"({error.code}); set fresh credentials and run again") from None
+            if error.code in EXPIRED_CODES and self._credential_source is not None:
+                self._credentials_checked = 0.0  # refreshed before the retry
             raise error from None
         finally:
             if held:
                 self.pacer.release()
         self.pacer.succeeded()
         return response, data
+
+    def _correct(self, response: Response, error_body: bytes) -> None:
+        """Raise _Redo when the answer shows what to fix: the bucket's region, or our clock."""
+        region = response.headers.get("x-amz-bucket-region")
+        found = ERROR_CODE.search(error_body)
+        code = found.group(1).decode("utf-8", "replace") if found else ""
+        if region and region != self._region and (response.status in (301, 307) or code in REGION_CODES):
+            self._resign_for(region)
+            raise _Redo()
+        if code == "RequestTimeTooSkewed" or (code in SKEW_CODES and b"skew" in error_body.lower()):
+            server = response.headers.get("date")
+            try:
+                offset = email.utils.parsedate_to_datetime(server).timestamp() - time.time() if server else None
+            except (TypeError, ValueError):
+                offset = None
+            if offset is not None and abs(offset - self._clock_offset) > 60:
+                self._clock_offset = offset
+                raise _Redo()
 
     def ensure_up(self, what: str) -> None:
         """Raise Permanent once the endpoint has been declared down."""
@@ -452,44 +574,66 @@ class Bucket:
 
     # -- checks before a run -------------------------------------------------------------
 
-    async def check(self, write: bool = False, policy: RetryPolicy | None = None) -> None:
-        """Fail with BucketError if the bucket cannot be reached or read (and written).
+    async def check(self, write: bool = False, policy: RetryPolicy | None = None,
+                    extra: dict[str, str] | None = None) -> None:
+        """Fail with BucketError if the bucket cannot be read (and written as the run will write).
 
-        Transient answers (a 503, a reset) are retried a few times first: a busy provider
-        is not a misconfiguration. Reading and writing are checked at once, one round trip
-        less before the first copy; when both fail, the read error is the one told.
+        The read check lists under the key prefix, and the write check opens (and aborts) a
+        multipart upload under it with the headers every copy sends (`extra`: ACL, storage
+        class), so credentials limited to the prefix pass, and a bucket that refuses an ACL
+        or a storage class is found here, not after the first download. Transient answers
+        (a 503, a reset) are retried a few times first. Both run at once; when both fail,
+        the read error is the one told.
         """
         policy = policy or RetryPolicy(retries=4)
-        checks = [self._check_read(policy), *([self._check_write(policy)] if write else [])]
+        checks = [self._check_read(policy), *([self._check_write(policy, extra or {})] if write else [])]
         for outcome in await asyncio.gather(*checks, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
 
+    def _under_prefix(self, key: str) -> str:
+        prefix = self.settings.key_prefix
+        if not prefix:
+            return key
+        joined = f"{prefix}/{key}"
+        return joined[1:] if joined.startswith("/") else joined
+
     async def _check_read(self, policy: RetryPolicy) -> None:
+        query = {"list-type": "2", "max-keys": "1"}
+        if self.settings.key_prefix:
+            query["prefix"] = self._under_prefix("")
         try:
-            await policy.call(lambda: self._xml("GET", None, "ListObjectsV2", {"list-type": "2", "max-keys": "1"}),
-                              retry_unreachable=False)
+            await policy.call(lambda: self._xml("GET", None, "ListObjectsV2", query), retry_unreachable=False)
         except StorageError as exc:
             raise BucketError(self._explain(exc)) from None
 
-    async def _check_write(self, policy: RetryPolicy) -> None:
+    async def _check_write(self, policy: RetryPolicy, extra: dict[str, str]) -> None:
         # An aborted multipart upload proves write access without leaving an object behind.
-        key = ".mastosync-write-check"
+        key = self._under_prefix(".mastosync-write-check")
         try:
-            upload_id = await policy.call(lambda: self.start_multipart(key, {}), retry_unreachable=False)
-            await self.abort_multipart(key, upload_id)
+            upload_id = await policy.call(lambda: self._start_multipart(key, extra), retry_unreachable=False)
         except StorageError as exc:
             raise BucketError(self._explain(exc, "write")) from None
+        try:
+            await policy.call(lambda: self._abort_once(key, upload_id))
+        except StorageError as exc:
+            raise BucketError(self._explain(exc, "abort of a multipart upload (AbortMultipartUpload); uploads "
+                                                 "that fail would be left open and billed")) from None
 
     def _explain(self, error: StorageError, action: str = "read") -> str:
         where = self.describe()
         if error.code == "NoSuchBucket":
             return f"{where}: the bucket does not exist"
         if error.code == "NoCredentials":
-            return f"{where}: no credentials (set access_key_id and secret_access_key)"
+            return str(error)
+        if error.code in ("AccessControlListNotSupported", "InvalidStorageClass", "NotImplemented",
+                          "InvalidArgument") or (action == "write" and error.status == 400):
+            return (f"{where}: the bucket refuses what each copy sends ({error}); check destination.acl "
+                    "(\"\" for buckets without ACLs, such as R2 or Object Ownership 'bucket owner enforced') "
+                    "and destination.storage_class")
         if error.code in ACCESS_CODES or error.status == 403:
             return (f"{where}: access denied ({error.code or error.status}) on {action}; check the "
-                    "access key, secret and permissions")
+                    "access key, secret and permissions (and the key prefix they are limited to)")
         if error.unreachable:
             return f"{where}: cannot connect to the endpoint"
         if error.status == 404:
@@ -503,42 +647,82 @@ class Bucket:
             response, _ = await self._send("HEAD", key, f"HEAD {key}")
         except NotFound:
             return None
-        return _head(response.headers, int(response.headers.get("content-length", 0)))
+        length = response.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise Transient(f"HEAD {key}: the answer has no Content-Length")
+        return _head(response.headers, int(length))
 
     async def get(self, key: str) -> tuple[Head, Body]:
         """Start a GET: the head and the streaming body (to be read, then closed)."""
         what = f"GET {key}"
         response, _ = await self._send("GET", key, what, stream=True)
-        if response.content_length is None:
-            response.release()
-            raise Permanent(f"{what}: the server sent no Content-Length")
-        return _head(response.headers, response.content_length), Body(response, what)
+        size = response.content_length
+        if size is None:
+            # A chunked answer (some gateways and proxies): the size comes from a HEAD,
+            # and the body must then have exactly that many bytes.
+            try:
+                head = await self.head(key)
+            except BaseException:
+                response.release()
+                raise
+            if head is None:
+                response.release()
+                raise NotFound(f"{what}: gone between GET and HEAD")
+            size = head.size
+        return _head(response.headers, size), Body(response, what)
 
-    async def put(self, key: str, data: bytes | bytearray, head: Head, extra: dict[str, str]) -> None:
-        headers = dict(extra)
-        md5 = head.content_md5 if len(data) == head.size else None
-        # The source's MD5, when its ETag is one, proves end to end that the bytes are the
-        # source's; otherwise ours at least proves they arrived as sent.
-        headers["content-md5"] = md5 or content_md5(data)
-        await self._send("PUT", key, f"PUT {key}", headers=headers, body=data)
+    async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None:
+        """Upload one object; `md5` is the Content-MD5 of `data` (base64), checked by the server.
+
+        It is always the MD5 of the bytes, never the source's ETag: an ETag that looks like
+        an MD5 is not one for SSE-KMS or SSE-C sources, and the destination would refuse
+        every try (BadDigest). transfer.py compares the bytes with the ETag itself.
+        """
+        await self._send("PUT", key, f"PUT {key}", headers={**extra, "content-md5": md5}, body=data)
 
     async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, str]) -> None:
-        """Server-side copy from another bucket on the same endpoint and account."""
-        headers = {**extra, "x-amz-copy-source": f"/{quote(source.name, safe='')}/{encode_key(source_key)}",
+        """Server-side copy from another bucket on the same endpoint and account (up to 5 GiB)."""
+        headers = {**extra, "x-amz-copy-source": self._copy_source(source, source_key),
                    "x-amz-metadata-directive": "COPY"}
+        # Headers of the object itself come from the source (COPY); only ACL and class are set.
+        headers = {k: v for k, v in headers.items() if k in ("x-amz-acl", "x-amz-storage-class")
+                   or k.startswith("x-amz-copy") or k == "x-amz-metadata-directive"}
         await self._xml("PUT", key, f"COPY {source_key}", {}, headers)
 
+    @staticmethod
+    def _copy_source(source: Bucket, source_key: str) -> str:
+        return f"/{quote(source.name, safe='')}/{encode_key(source_key)}"
+
+    async def copy_part(self, source: Bucket, source_key: str, key: str, upload_id: str, number: int,
+                        first: int, last: int) -> str:
+        """UploadPartCopy: bytes first..last of the source object as part `number` (server-side)."""
+        root = await self._xml("PUT", key, f"UploadPartCopy {number} of {key}",
+                               {"partNumber": str(number), "uploadId": upload_id},
+                               {"x-amz-copy-source": self._copy_source(source, source_key),
+                                "x-amz-copy-source-range": f"bytes={first}-{last}"})
+        etag = root.findtext("ETag")
+        if not etag:
+            raise Transient(f"UploadPartCopy {number} of {key}: no ETag in the answer")
+        return etag
+
     async def start_multipart(self, key: str, extra: dict[str, str]) -> str:
+        upload_id = await self._start_multipart(key, extra)
+        if self.on_upload_started is not None:
+            self.on_upload_started(key, upload_id)
+        return upload_id
+
+    async def _start_multipart(self, key: str, extra: dict[str, str]) -> str:
         root = await self._xml("POST", key, f"CreateMultipartUpload {key}", {"uploads": ""}, extra)
         upload_id = root.findtext("UploadId")
         if not upload_id:
             raise Transient(f"CreateMultipartUpload {key}: no UploadId in the answer")
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray,
+                          md5: str | None = None) -> str:
         response, _ = await self._send(
             "PUT", key, f"UploadPart {number} of {key}", {"partNumber": str(number), "uploadId": upload_id},
-            {"content-md5": content_md5(data)}, data)
+            {"content-md5": md5 or content_md5(data)}, data)
         etag = response.headers.get("etag")
         if not etag:
             raise Transient(f"UploadPart {number} of {key}: no ETag in the answer")
@@ -550,6 +734,8 @@ class Bucket:
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         await self._xml("POST", key, f"CompleteMultipartUpload {key}", {"uploadId": upload_id},
                         {"content-type": "application/xml"}, body)
+        if self.on_upload_ended is not None:
+            self.on_upload_ended(key, upload_id)
 
     async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
                             page_size: int = 1000) -> dict[str, int] | None:
@@ -585,29 +771,42 @@ class Bucket:
             query["continuation-token"] = token
         return None
 
-    async def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Abort, retrying a little: an upload left open is billed until someone notices."""
+    async def _abort_once(self, key: str, upload_id: str) -> None:
+        try:
+            await self._send("DELETE", key, f"AbortMultipartUpload {key}", {"uploadId": upload_id})
+        except NotFound:
+            pass  # already gone
+        if self.on_upload_ended is not None:
+            self.on_upload_ended(key, upload_id)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort, retrying a little: an upload left open is billed until someone notices.
+
+        Returns False when it could not be aborted; the resume state still lists it (it
+        was recorded when it started) and the next run tries again.
+        """
         for attempt in range(4):
             try:
-                await self._send("DELETE", key, "AbortMultipartUpload", {"uploadId": upload_id})
-                return
-            except NotFound:
-                return  # already gone
+                await self._abort_once(key, upload_id)
+                return True
             except StorageError as error:
                 if isinstance(error, Permanent) or attempt == 3:
-                    # Remembered in the resume state; the next run aborts it.
-                    self.unaborted.append((key, upload_id))
-                    return
+                    return False
                 await asyncio.sleep(0.2 * 2**attempt)
+        return False
+
+
+class _Redo(Exception):
+    """Internal: the request is worth sending again at once (region or clock corrected)."""
 
 
 def upload_extra(destination: DestinationSettings, head: Head, private: bool = False) -> dict[str, str]:
-    """Headers of a copied object: Content-Type and Cache-Control from the source, ACL and class from config.
+    """Headers of a copied object: the source's stored headers, ACL and class from config.
 
     An object Mastodon keeps private gets `private` instead of the configured ACL, and
     no ACL at all when none is configured (as Mastodon with S3_PERMISSION="").
     """
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = dict(head.metadata)
     if head.content_type:
         extra["content-type"] = head.content_type
     if head.cache_control:

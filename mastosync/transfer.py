@@ -2,19 +2,29 @@
 
     destination has it with the source's size  → skipped (no data moved)
     source lacks it                            → missing
-    up to multipart_threshold                  → one GET, one PUT (Content-MD5 when known)
+    up to multipart_threshold                  → one GET, one PUT with the bytes' Content-MD5
     larger                                     → multipart upload fed part by part from the GET
-    same endpoint and account                  → server-side CopyObject
+    same endpoint and account                  → server-side CopyObject (UploadPartCopy over 5 GiB)
 
-Transient errors restart the copy from a fresh GET after a jittered backoff; a body
-of the wrong length is never stored; a multipart upload that does not complete is
-aborted, also when the copy is cancelled.
+Content is proven, not assumed: the MD5 of the bytes read is compared with the source's
+ETag where that is an MD5 (a single-part upload), and the multipart ETag (MD5 of the
+parts' MD5s) is recomputed for the part sizes the source may have used; the destination
+checks every body against our Content-MD5. Each outcome says which proof it has.
+
+Only the source saying "no such key" means missing: a 404 from the destination (an
+upload aborted under us, a proxy) is retried like any transient error. Transient errors
+restart the copy from a fresh GET after a jittered backoff; a body of the wrong length or
+the wrong MD5 is never stored; a multipart upload that does not complete is aborted, also
+when the copy is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,6 +45,20 @@ SKIPPED = "skipped"
 MISSING = "missing"
 FAILED = "failed"
 
+# How the content of a copied object was proven equal to the source's.
+PROOF_MD5 = "md5"  # the MD5 of the bytes is the source's (single-part) ETag
+PROOF_MULTIPART = "multipart-etag"  # the source's multipart ETag, recomputed from the bytes
+PROOF_SERVER = "server-side"  # copied by the provider itself
+PROOF_TRANSFER = "transfer"  # only that the destination got the bytes as read (ETag no MD5)
+
+MiB = 1024 * 1024
+MAX_PARTS = 10_000
+MAX_COPY_OBJECT = 5 * 1024 * MiB  # the largest CopyObject; beyond it, UploadPartCopy
+COPY_PART_MIN = 512 * MiB  # server-side parts move no bytes through us: fewer, larger requests
+# Part sizes a source's multipart upload is likely to have used: aws-sdk (Mastodon's
+# Paperclip) 5 MiB, boto3 and rclone 8 MiB, 15 MiB (S3_MULTIPART_THRESHOLD), 16 MiB.
+USUAL_PART_SIZES = (5 * MiB, 8 * MiB, 15 * MiB, 16 * MiB, 10 * MiB, 64 * MiB)
+
 
 ABSENT = -1  # a listing showed the key does not exist
 
@@ -51,12 +75,26 @@ NOTHING_KNOWN = Known()
 
 @dataclass(slots=True)
 class Outcome:
-    """The result of one object: status, bytes moved, attempts made, and the last error."""
+    """The result of one object: status, bytes moved, attempts made, the last error, the proof."""
 
     status: str
     bytes: int = 0
     attempts: int = 1
     error: str | None = None
+    proof: str | None = None  # for COPIED: one of the PROOF_* values
+    note: str | None = None  # something worth recording about a success (why the proof is weak)
+
+
+class SourceMissing(StorageError):
+    """The source has no such key."""
+
+
+class ContentMismatch(Transient):
+    """The bytes read do not have the MD5 the source's ETag says."""
+
+    def __init__(self, message: str, md5: str) -> None:
+        super().__init__(message)
+        self.md5 = md5
 
 
 @dataclass
@@ -80,6 +118,66 @@ class MemoryBudget:
             self._waiters.notify_all()
 
 
+def part_size_for(size: int, configured: int) -> int:
+    """The configured part size, or more (whole MiB) when the object needs over 10,000 parts."""
+    if size <= configured * MAX_PARTS:
+        return configured
+    return math.ceil(size / MAX_PARTS / MiB) * MiB
+
+
+class MultipartEtags:
+    """The multipart ETags the bytes would have under each plausible source part size.
+
+    Only sizes giving the source's part count are followed; a part size equal to ours
+    reuses the MD5s computed for Content-MD5, so the usual case hashes nothing twice.
+    """
+
+    def __init__(self, size: int, etag: str, ours: int) -> None:
+        stem, _, count = etag.strip('"').lower().partition("-")
+        self.expected = stem
+        parts = int(count) if count.isdigit() else 0
+        self._ours = ours
+        self._sizes = sorted({p for p in (*USUAL_PART_SIZES, ours, _even_split(size, parts))
+                              if p >= 5 * MiB and parts and math.ceil(size / p) == parts})
+        self._digests: dict[int, list[bytes]] = {p: [] for p in self._sizes}
+        self._current = {p: hashlib.md5() for p in self._sizes if p != ours}
+        self._filled = dict.fromkeys(self._sizes, 0)
+
+    @property
+    def plausible(self) -> bool:
+        return bool(self._sizes)
+
+    def feed(self, data: bytes | bytearray, digest: bytes) -> None:
+        """The next part of ours (`digest` is its MD5)."""
+        for p in self._sizes:
+            if p == self._ours:
+                self._digests[p].append(digest)
+                continue
+            view = memoryview(data)
+            while view:
+                take = min(len(view), p - self._filled[p])
+                self._current[p].update(view[:take])
+                self._filled[p] += take
+                view = view[take:]
+                if self._filled[p] == p:
+                    self._digests[p].append(self._current[p].digest())
+                    self._current[p], self._filled[p] = hashlib.md5(), 0
+
+    def matches(self) -> bool:
+        for p in self._sizes:
+            digests = list(self._digests[p])
+            if p != self._ours and self._filled[p]:
+                digests.append(self._current[p].digest())
+            if hashlib.md5(b"".join(digests)).hexdigest() == self.expected:
+                return True
+        return False
+
+
+def _even_split(size: int, parts: int) -> int:
+    """The part size of `parts` parts in whole MiB, as some tools choose it."""
+    return math.ceil(size / parts / MiB) * MiB if parts else 0
+
+
 @dataclass
 class Copier:
     """Everything a copy needs that is the same for every object of a run."""
@@ -98,15 +196,25 @@ class Copier:
         """Copy one object. `known` holds sizes already learnt by listing, saving HEADs;
         `private` objects are never written with the configured (public) ACL."""
         attempt = failures = throttles = 0
+        mismatched: str | None = None  # the MD5 of a read whose ETag did not match
         while True:
             attempt += 1
             try:
                 # A retry asks again: what was listed may have changed since.
                 hints = known if attempt == 1 and known is not None else NOTHING_KNOWN
-                status, moved = await self._copy_once(source_key, destination_key, hints, private)
-                return Outcome(status, moved, attempt)
-            except NotFound:
+                outcome = await self._copy_once(source_key, destination_key, hints, private, mismatched)
+                outcome.attempts = attempt
+                return outcome
+            except SourceMissing:
                 return Outcome(MISSING, 0, attempt, "not found at the source")
+            except ContentMismatch as exc:
+                # Twice the same bytes, twice not the ETag: the ETag is no MD5 of the content
+                # (an encrypted source that says nothing of it). Otherwise: damaged on the way.
+                mismatched = exc.md5 if mismatched is None else mismatched
+                failures += 1
+                if failures > self.policy.retries:
+                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                await asyncio.sleep(self.policy.delay(failures))
             except Transient as exc:
                 # Being throttled is the provider pacing us, not the object failing: it has a
                 # budget of its own, so a SlowDown storm does not use up the retries.
@@ -114,12 +222,19 @@ class Copier:
                 failures += not exc.throttled
                 if failures > self.policy.retries or throttles > 4 * self.policy.retries + 8:
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
-                await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled))
+                await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled, exc.retry_after))
+            except NotFound as exc:
+                # Not the source (that is SourceMissing): a destination upload that vanished,
+                # or a 404 from something on the way. Worth another try from the start.
+                failures += 1
+                if failures > self.policy.retries:
+                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                await asyncio.sleep(self.policy.delay(failures))
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
-    async def _copy_once(self, source_key: str, destination_key: str, known: Known,
-                         private: bool) -> tuple[str, int]:
+    async def _copy_once(self, source_key: str, destination_key: str, known: Known, private: bool,
+                         mismatched: str | None) -> Outcome:
         # A destination declared down fails the object now, before its source is read.
         self.destination.ensure_up(f"PUT {destination_key}")
         if known.destination_size is None:
@@ -131,58 +246,124 @@ class Copier:
         if destination_size != ABSENT:
             source_size = source_size if source_size is not None else await self._source_size(source_key)
             if source_size == destination_size:
-                return SKIPPED, 0
+                return Outcome(SKIPPED)
         if self.server_side:
-            source_size = source_size if source_size is not None else await self._source_size(source_key)
-            await self.destination.copy(self.source, source_key, destination_key,
-                                        upload_extra(self.settings, Head(0), private))
-            return COPIED, source_size
-        head, body = await self.source.get(source_key)
+            return await self._server_side(source_key, destination_key, source_size, private)
+        try:
+            head, body = await self.source.get(source_key)
+        except NotFound:
+            raise SourceMissing(source_key) from None
         try:
             extra = upload_extra(self.settings, head, private)
             if head.size <= self.multipart_threshold:
-                await self._single(body, head, destination_key, extra)
+                proof, note = await self._single(body, head, destination_key, extra, mismatched)
             else:
-                await self._multipart(body, head, destination_key, extra)
+                proof, note = await self._multipart(body, head, destination_key, extra, mismatched)
         finally:
             body.close()
-        return COPIED, head.size
+        return Outcome(COPIED, head.size, proof=proof, note=note)
 
     async def _source_size(self, source_key: str) -> int:
         source = await self.source.head(source_key)
         if source is None:
-            raise NotFound(source_key)
+            raise SourceMissing(source_key)
         return source.size
 
-    async def _single(self, body: Body, head: Head, key: str, extra: dict[str, Any]) -> None:
+    async def _server_side(self, source_key: str, destination_key: str, size: int | None,
+                           private: bool) -> Outcome:
+        head = None
+        if size is None or size > MAX_COPY_OBJECT:
+            head = await self.source.head(source_key)
+            if head is None:
+                raise SourceMissing(source_key)
+            size = head.size
+        try:
+            if size <= MAX_COPY_OBJECT:
+                await self.destination.copy(self.source, source_key, destination_key,
+                                            upload_extra(self.settings, Head(0), private))
+            else:
+                assert head is not None
+                await self._copy_in_parts(source_key, destination_key, head, private)
+        except NotFound as exc:
+            if exc.code == "NoSuchKey":  # of the copy source
+                raise SourceMissing(source_key) from None
+            raise
+        return Outcome(COPIED, size, proof=PROOF_SERVER)
+
+    async def _copy_in_parts(self, source_key: str, key: str, head: Head, private: bool) -> None:
+        """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
+        part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
+        upload_id = await self.destination.start_multipart(key, upload_extra(self.settings, head, private))
+        try:
+            etags = []
+            for number, first in enumerate(range(0, head.size, part), start=1):
+                last = min(first + part, head.size) - 1
+                etags.append(await self.policy.call(lambda n=number, a=first, b=last: self.destination.copy_part(
+                    self.source, source_key, key, upload_id, n, a, b)))
+            await self.destination.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            await asyncio.shield(self.destination.abort_multipart(key, upload_id))
+            raise
+
+    async def _single(self, body: Body, head: Head, key: str, extra: dict[str, Any],
+                      mismatched: str | None) -> tuple[str, str | None]:
         held = await self.budget.acquire(head.size)
         try:
             data = await body.read(head.size, last=True)
-            await self.destination.put(key, data, head, extra)
+            digest = hashlib.md5(data).digest()
+            proof, note = PROOF_TRANSFER, None
+            if head.md5 is not None:
+                if digest.hex() == head.md5:
+                    proof = PROOF_MD5
+                elif digest.hex() == mismatched:
+                    note = "the source's ETag is not the MD5 of its bytes (read twice, the same)"
+                else:
+                    raise ContentMismatch(f"GET {key}: the bytes read do not have the source's MD5 "
+                                          f"(ETag {head.md5}, read {digest.hex()})", digest.hex())
+            await self.destination.put(key, data, base64.b64encode(digest).decode(), extra)
+            return proof, note
         finally:
             await self.budget.release(held)
 
-    async def _multipart(self, body: Body, head: Head, key: str, extra: dict[str, Any]) -> None:
+    async def _multipart(self, body: Body, head: Head, key: str, extra: dict[str, Any],
+                         mismatched: str | None) -> tuple[str, str | None]:
+        part_size = part_size_for(head.size, self.part_size)
+        etags_of_source = MultipartEtags(head.size, head.etag or "", part_size)
+        whole = hashlib.md5() if head.md5 is not None else None  # a single-part source over the threshold
         upload_id = await self.destination.start_multipart(key, extra)
         try:
             etags: list[str] = []
             remaining = head.size
             while remaining > 0:
-                size = min(self.part_size, remaining)
+                size = min(part_size, remaining)
                 held = await self.budget.acquire(size)
                 try:
                     data = await body.read(size, last=(size == remaining))
-                    etags.append(await self._part(key, upload_id, len(etags) + 1, data))
+                    digest = hashlib.md5(data).digest()
+                    if whole is not None:
+                        whole.update(data)
+                    etags_of_source.feed(data, digest)
+                    etags.append(await self._part(key, upload_id, len(etags) + 1, data, digest))
                 finally:
                     await self.budget.release(held)
                 remaining -= size
+            if whole is not None and whole.hexdigest() not in (head.md5, mismatched):
+                raise ContentMismatch(f"GET {key}: the bytes read do not have the source's MD5", whole.hexdigest())
             await self.destination.complete_multipart(key, upload_id, etags)
         except BaseException:
             # Failed or cancelled: abort, shielded so a cancellation cannot skip it.
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))
             raise
+        if whole is not None:
+            if whole.hexdigest() == head.md5:
+                return PROOF_MD5, None
+            return PROOF_TRANSFER, "the source's ETag is not the MD5 of its bytes (read twice, the same)"
+        if etags_of_source.plausible and etags_of_source.matches():
+            return PROOF_MULTIPART, None
+        return PROOF_TRANSFER, "the source's multipart ETag could not be recomputed (part size unknown)"
 
-    async def _part(self, key: str, upload_id: str, number: int, data: bytearray) -> str:
+    async def _part(self, key: str, upload_id: str, number: int, data: bytearray, digest: bytes) -> str:
         """Upload one part, retrying it alone (a few times): its bytes are in hand, the GET stays open."""
         policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
-        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data))
+        md5 = base64.b64encode(digest).decode()
+        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5))

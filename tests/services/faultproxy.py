@@ -2,7 +2,11 @@
 
 With a seeded random generator it answers a share of requests with 503 SlowDown or
 500 InternalError, resets connections, truncates response bodies mid-stream and adds
-latency; it can also refuse every connection ("down"). It counts requests by S3
+latency; it can also refuse every connection ("down"). It can play an S3 that behaves
+in other ways: answer chosen operations with an error (404 NoSuchUpload, 403
+AccessDenied, 400 ExpiredToken), rewrite headers of object answers (an ETag that is no
+MD5), insist on a region (x-amz-bucket-region) or a clock of its own
+(RequestTimeTooSkewed), and send Retry-After with its SlowDowns. It counts requests by S3
 operation so tests can assert what a client really sent. It runs its own event loop
 in a thread, so it serves both in-process async tests and CLI subprocesses.
 """
@@ -10,8 +14,11 @@ in a thread, so it serves both in-process async tests and CLI subprocesses.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import collections
+import email.utils
 import random
+import re
 import socket
 import threading
 import time
@@ -41,6 +48,19 @@ class Faults:
     latency: float = 0.0  # seconds added …
     latency_share: float = 1.0  # … to this share of requests
     only_methods: tuple[str, ...] = ()  # faults only for these HTTP methods (empty: all)
+    only_ops: tuple[str, ...] = ()  # … and only for these S3 operations (empty: all)
+    error: float = 0.0  # answered with `error_answer` …
+    error_answer: tuple[int, str] = (404, "NoSuchUpload")  # … (status, S3 error code)
+    retry_after: float | None = None  # sent as Retry-After with each SlowDown
+
+
+@dataclass
+class Behaviour:
+    """How this S3 differs from the upstream's, besides random faults."""
+
+    response_headers: dict[str, str] = field(default_factory=dict)  # set on GET/HEAD object answers
+    region: str | None = None  # the bucket's region: requests signed for another are redirected
+    clock_offset: float = 0.0  # this server's clock minus the real one (seconds)
 
 
 @dataclass
@@ -51,6 +71,7 @@ class Counters:
     headers: collections.Counter[str] = field(default_factory=collections.Counter)  # "Op header-name"
     stored: collections.Counter[str] = field(default_factory=collections.Counter)  # paths written (200)
     acl: dict[str, str | None] = field(default_factory=dict)  # path → x-amz-acl of its last write request
+    targets: dict[str, str] = field(default_factory=dict)  # operation → target (path?query) of its last request
     timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
 
 
@@ -60,7 +81,7 @@ def operation(method: str, target: str, headers: dict[str, str]) -> str:
     path = urlsplit(target).path.strip("/")
     if method == "PUT":
         if "partNumber" in query:
-            return "UploadPart"
+            return "UploadPartCopy" if "x-amz-copy-source" in headers else "UploadPart"
         if "x-amz-copy-source" in headers:
             return "CopyObject"
         if "acl" in query:
@@ -85,6 +106,7 @@ class FaultProxy:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.faults = Faults()
+        self.behaviour = Behaviour()
         self.counters = Counters()
         self.random = random.Random(seed)
         self._lock = threading.Lock()
@@ -109,6 +131,10 @@ class FaultProxy:
     def set_faults(self, **shares: float | tuple[str, ...]) -> None:
         with self._lock:
             self.faults = Faults(**shares)  # type: ignore[arg-type]
+
+    def behave(self, **changes: object) -> None:
+        with self._lock:
+            self.behaviour = Behaviour(**changes)  # type: ignore[arg-type]
 
     def set_down(self, down: bool) -> None:
         """Down: the port refuses connections and open ones are reset."""
@@ -147,15 +173,17 @@ class FaultProxy:
 
     # -- serving ---------------------------------------------------------------------
 
-    def _decide(self, method: str) -> tuple[str | None, float]:
+    def _decide(self, method: str, op: str = "") -> tuple[str | None, float]:
         with self._lock:
             f = self.faults
             delay = f.latency if f.latency and self.random.random() < f.latency_share else 0.0
             if f.only_methods and method not in f.only_methods:
                 return None, delay
+            if f.only_ops and op not in f.only_ops:
+                return None, delay
             roll = self.random.random()
             for name, share in (("slowdown", f.slowdown), ("internal", f.internal),
-                                ("reset", f.reset), ("truncate", f.truncate)):
+                                ("reset", f.reset), ("truncate", f.truncate), ("error", f.error)):
                 if roll < share:
                     return name, delay
                 roll -= share
@@ -171,6 +199,8 @@ class FaultProxy:
             if headers is not None and op in ("PutObject", "CreateMultipartUpload", "CopyObject"):
                 self.counters.acl[unquote(urlsplit(target).path)] = headers.get("x-amz-acl")
             self.counters.operations[op] += 1
+            if target:
+                self.counters.targets[op] = target
             if fault:
                 self.counters.faults[fault] += 1
             self.counters.put_bytes += put_bytes
@@ -195,18 +225,22 @@ class FaultProxy:
                         if not line.lower().startswith(b"expect:")
                     )
                 body = await _read_body(reader, headers)
-                fault, delay = self._decide(method)
+                refusal = self._refuse(headers)
+                if refusal is not None:
+                    status, code, extra = refusal
+                    self._record(op, status, code, 0, headers, target)
+                    await _answer(writer, method, status, code, extra)
+                    continue
+                fault, delay = self._decide(method, op)
                 if delay:
                     await asyncio.sleep(delay)
-                if fault in ("slowdown", "internal"):
-                    status, payload = (503, SLOWDOWN) if fault == "slowdown" else (500, INTERNAL)
+                if fault in ("slowdown", "internal", "error"):
+                    f = self.faults
+                    status, code = {"slowdown": (503, "SlowDown"), "internal": (500, "InternalError"),
+                                    "error": f.error_answer}[fault]
+                    extra = {"Retry-After": f"{f.retry_after:g}"} if fault == "slowdown" and f.retry_after else {}
                     self._record(op, status, fault, 0)
-                    reason = b"Slow Down" if status == 503 else b"Internal Server Error"
-                    writer.write(
-                        b"HTTP/1.1 %d %s\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n\r\n"
-                        % (status, reason, len(payload)) + (b"" if method == "HEAD" else payload)
-                    )
-                    await writer.drain()
+                    await _answer(writer, method, status, code, extra)
                     continue
                 if fault == "reset":
                     self._record(op, 0, fault, 0)
@@ -226,7 +260,8 @@ class FaultProxy:
                     # Counted before the client sees the answer, so tests never race the count.
                     self._record(op, status, "truncate" if cut else None, put_bytes, headers, target)
 
-                status, keep = await self._relay_response(up_reader, writer, method, cut, record)
+                rewrite = self.behaviour.response_headers if op in ("GetObject", "HeadObject") else {}
+                status, keep = await self._relay_response(up_reader, writer, method, cut, record, rewrite)
                 if not keep:
                     _abort(writer)
                     return
@@ -239,8 +274,25 @@ class FaultProxy:
             if not writer.is_closing():
                 writer.close()
 
+    def _refuse(self, headers: dict[str, str]) -> tuple[int, str, dict[str, str]] | None:
+        """An answer this S3 gives instead of the upstream's: wrong region, skewed clock."""
+        b = self.behaviour
+        scope = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", headers.get("authorization", ""))
+        if b.region and scope and scope.group(1) != b.region:
+            return 400, "AuthorizationHeaderMalformed", {"x-amz-bucket-region": b.region}
+        if b.clock_offset:
+            now = time.time() + b.clock_offset
+            try:
+                sent = calendar.timegm(time.strptime(headers.get("x-amz-date", ""), "%Y%m%dT%H%M%SZ"))
+            except ValueError:
+                sent = 0
+            if abs(sent - now) > 900:
+                return 403, "RequestTimeTooSkewed", {"Date": email.utils.formatdate(now, usegmt=True)}
+        return None
+
     async def _relay_response(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              method: str, cut: bool, record) -> tuple[int, bool]:  # type: ignore[no-untyped-def]
+                              method: str, cut: bool, record,  # type: ignore[no-untyped-def]
+                              rewrite: dict[str, str] | None = None) -> tuple[int, bool]:
         """Copy one response; with `cut`, send half the body and report the connection dead."""
         while True:
             head = await _read_head(up)
@@ -248,6 +300,8 @@ class FaultProxy:
                 raise ConnectionResetError("upstream closed")
             status_line, headers, raw = head
             status = int(status_line.split(" ", 2)[1])
+            if status == 200 and rewrite:
+                raw = _rewrite_head(raw, rewrite)
             if status != 100:
                 record(status)
             writer.write(raw)
@@ -284,6 +338,29 @@ class FaultProxy:
             writer.write(chunk)
             await writer.drain()
         return status, False
+
+
+async def _answer(writer: asyncio.StreamWriter, method: str, status: int, code: str,
+                  extra: dict[str, str]) -> None:
+    """An S3 error answer with `code`, and `extra` headers."""
+    payload = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+               f"<Message>injected by the test proxy</Message></Error>").encode()
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Content-Type: application/xml",
+             f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in extra.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else payload))
+    await writer.drain()
+
+
+REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error",
+           503: "Slow Down"}
+
+
+def _rewrite_head(raw: bytes, replace: dict[str, str]) -> bytes:
+    lines = raw.decode("latin-1").split("\r\n")
+    names = {k.lower() for k in replace}
+    kept = [line for line in lines[1:] if line and line.split(":", 1)[0].strip().lower() not in names]
+    return ("\r\n".join([lines[0], *kept, *(f"{k}: {v}" for k, v in replace.items())]) + "\r\n\r\n").encode(
+        "latin-1")
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

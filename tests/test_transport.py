@@ -1,5 +1,6 @@
-"""http1.py, the transport: keep-alive and stale connections, chunked and cut answers,
-timeouts, TLS, and proxies through CONNECT.
+"""transport.py, the HTTP layer on aiohttp: keep-alive and stale connections, chunked,
+close-delimited and cut answers, timeouts, TLS and CA bundles, and proxies (CONNECT for
+HTTPS endpoints, absolute-form requests for plain HTTP ones).
 
 The exchange-level cases use a tiny scripted server on loopback (each test says what it
 answers); TLS and proxies are tested end to end against `rclone serve s3` over HTTPS.
@@ -11,14 +12,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
-from mastosync.http1 import ConnectFailed, Pool
 from mastosync.storage import Bucket, RetryPolicy
 from mastosync.transfer import COPIED, Copier, MemoryBudget
+from mastosync.transport import ConnectFailed, HTTPError, Transport
 from tests.conftest import new_bucket
 from tests.services.process import free_port
 from tests.services.s3 import RcloneServer
@@ -58,8 +60,12 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head
 
 
-async def get(pool: Pool, target: str = "/b/k") -> tuple[int, bytes]:
-    response = await pool.request("GET", target, {"host": pool.host})
+def Pool(origin: str, connect_timeout: float, read_timeout: float) -> Transport:  # noqa: N802
+    return Transport(origin, connect_timeout, read_timeout)
+
+
+async def get(pool: Transport, target: str = "/b/k") -> tuple[int, bytes]:
+    response = await pool.request("GET", target, {})
     try:
         return response.status, await response.read()
     finally:
@@ -90,13 +96,35 @@ async def test_a_connection_closed_while_idle_is_replaced_transparently() -> Non
     async with scripted_server(handler) as (origin, connections):
         pool = Pool(origin, 5, 5)
         assert await get(pool) == (200, b"ok")
-        assert pool._idle_connections  # kept for reuse
-        # Sent on the reused connection, which closes with no answer: sent again on a new one.
+        # Sent on the reused connection, which closes with no answer: a GET is sent again on a new one.
         assert await get(pool) == (200, b"ok")
         await asyncio.sleep(0.1)  # the second connection is closed by the server now
-        assert await get(pool) == (200, b"ok")  # noticed before use: a new connection straight away
+        assert await get(pool) == (200, b"ok")
         await pool.close()
-    assert len(connections) == 3
+    assert len(connections) >= 3
+
+
+async def test_a_post_is_never_sent_twice() -> None:
+    """A POST (CreateMultipartUpload, CompleteMultipartUpload) that meets a closing kept-alive
+    connection is an error for the caller to retry, not something the transport re-sends."""
+    posts: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        head = await read_request(reader)  # the POST arrives on the kept-alive connection …
+        if head.startswith(b"POST"):
+            posts.append(n)  # … and the server closes without an answer
+
+    async with scripted_server(handler) as (origin, connections):
+        pool = Pool(origin, 5, 5)
+        assert await get(pool) == (200, b"ok")
+        with pytest.raises(HTTPError):
+            response = await pool.request("POST", "/b/k?uploads", {}, b"<x/>")
+            response.release()
+        await pool.close()
+    assert posts == [0] and len(connections) == 1
 
 
 async def test_a_new_connection_closed_without_answer_is_an_error() -> None:
@@ -105,7 +133,7 @@ async def test_a_new_connection_closed_without_answer_is_an_error() -> None:
 
     async with scripted_server(handler) as (origin, _):
         pool = Pool(origin, 5, 5)
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(HTTPError):
             await get(pool)
         await pool.close()
 
@@ -131,14 +159,44 @@ async def test_a_body_cut_short_is_an_error_and_the_connection_is_dropped() -> N
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
         await writer.drain()
 
-    async with scripted_server(handler) as (origin, _):
+    async with scripted_server(handler) as (origin, connections):
         pool = Pool(origin, 5, 5)
-        response = await pool.request("GET", "/b/k", {"host": pool.host})
+        response = await pool.request("GET", "/b/k", {})
         buffer = bytearray(1000)
-        with pytest.raises(ConnectionResetError, match="400 of 1000"):
+        with pytest.raises(HTTPError, match="cut short"):
             await response.readinto(memoryview(buffer))
         response.release()
-        assert not pool._idle_connections
+        await pool.close()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close-delimited"])
+async def test_large_bodies_without_content_length(framing: str) -> None:
+    """Bodies over 1 MiB sent chunked or until the connection closes are read whole
+    (the hand-written client paused reading on them and never resumed)."""
+    payload = bytes(range(256)) * (12 * 1024)  # 3 MiB
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if framing == "chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(payload), 100_000):
+                piece = payload[i:i + 100_000]
+                writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + payload)
+        await writer.drain()
+        if framing != "chunked":
+            writer.close()
+
+    async with scripted_server(handler) as (origin, _):
+        pool = Pool(origin, 5, 2)
+        response = await pool.request("GET", "/b/k", {})
+        assert response.content_length is None
+        buffer = bytearray(len(payload))
+        assert await response.readinto(memoryview(buffer)) == len(payload)
+        assert bytes(buffer) == payload
+        response.release()
         await pool.close()
 
 
@@ -150,7 +208,7 @@ async def test_a_silent_server_times_out() -> None:
     async with scripted_server(handler) as (origin, _):
         pool = Pool(origin, 5, read_timeout=0.5)
         started = time.monotonic()
-        with pytest.raises(TimeoutError, match="no data for 0s waiting for the answer|no data for 1s"):
+        with pytest.raises(HTTPError, match="no answer in time"):
             await get(pool)
         assert time.monotonic() - started < 3
         await pool.close()
@@ -165,6 +223,12 @@ async def test_connection_refused_is_connect_failed() -> None:
 # -- TLS and proxies, end to end against rclone serve s3 over HTTPS ------------------------
 
 
+@pytest.fixture(autouse=True)
+def no_aws_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_CA_BUNDLE wins over SSL_CERT_FILE (as in botocore); machines often set it."""
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def tls_rclone(tmp_path_factory: pytest.TempPathFactory) -> RcloneServer:
     server = RcloneServer(tls=self_signed(tmp_path_factory.mktemp("tls"))).start()
@@ -173,6 +237,7 @@ def tls_rclone(tmp_path_factory: pytest.TempPathFactory) -> RcloneServer:
 
 
 def bucket(server: RcloneServer, name: str, cls: type = BucketSettings, **extra: str) -> BucketSettings:
+    """Settings for `name` on `server` (extra keys: acl, ca_bundle …)."""
     return cls(bucket=name, endpoint=server.endpoint, region="us-east-1", access_key_id=server.access_key,
                secret_access_key=server.secret_key, **extra)
 
@@ -213,8 +278,11 @@ async def test_https_with_an_untrusted_certificate_fails_clearly(tls_rclone: Rcl
 
 
 @contextlib.asynccontextmanager
-async def connect_proxy() -> AsyncIterator[tuple[str, list[str]]]:
-    """An HTTP proxy that only does CONNECT; yields (its URL, the authorities asked for)."""
+async def http_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """An HTTP proxy: CONNECT tunnels, and absolute-form requests forwarded one per connection.
+
+    Yields (its URL, what it was asked: "CONNECT host:port" or "GET http://host:port/…").
+    """
     asked: list[str] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -229,13 +297,27 @@ async def connect_proxy() -> AsyncIterator[tuple[str, list[str]]]:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        method, authority, _ = head.split(b"\r\n")[0].decode().split(" ")
-        assert method == "CONNECT"
-        asked.append(authority)
-        host, port = authority.rsplit(":", 1)
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        method, target, version = head.split(b"\r\n")[0].decode().split(" ")
+        asked.append(f"{method} {target}")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            return
+        # Absolute form: forward to the origin with the path only, and close after the answer.
+        url = urlsplit(target)
+        up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 80)
+        path = url.path + (f"?{url.query}" if url.query else "")
+        lines = [line for line in head.split(b"\r\n")[1:] if line and not line.lower().startswith(
+            (b"connection:", b"proxy-", b"keep-alive:"))]
+        up_writer.write(f"{method} {path} {version}\r\n".encode() + b"\r\n".join(
+            [*lines, b"Connection: close"]) + b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+        if length:
+            up_writer.write(await reader.readexactly(length))
+        await up_writer.drain()
+        await pipe(up_reader, writer)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
@@ -247,19 +329,42 @@ async def connect_proxy() -> AsyncIterator[tuple[str, list[str]]]:
 @pytest.mark.parametrize("scheme", ["https", "http"])
 async def test_proxy_from_the_environment(scheme: str, tls_rclone: RcloneServer, rclone: RcloneServer,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS endpoints through CONNECT; plain HTTP ones with absolute-form requests, which
+    proxies such as Squid accept (many refuse CONNECT to ports other than 443)."""
     server = tls_rclone if scheme == "https" else rclone
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     variable = f"{scheme.upper()}_PROXY"
-    async with connect_proxy() as (proxy_url, asked), copy_between(server) as copy:
+    async with http_proxy() as (proxy_url, asked), copy_between(server) as copy:
         monkeypatch.setenv(variable, proxy_url)
         assert await copy() == {"small.png": COPIED, "video.mp4": COPIED}
         monkeypatch.delenv(variable)
-    assert asked and set(asked) == {f"127.0.0.1:{server.port}"}
-    async with connect_proxy() as (proxy_url, asked), copy_between(server) as copy:
+    authority = f"127.0.0.1:{server.port}"
+    if scheme == "https":
+        assert asked and set(asked) == {f"CONNECT {authority}"}
+    else:
+        assert asked and all(a.split(" ")[1].startswith(f"http://{authority}/") for a in asked), asked
+        assert not any(a.startswith("CONNECT") for a in asked)
+    async with http_proxy() as (proxy_url, asked), copy_between(server) as copy:
         monkeypatch.setenv(variable, proxy_url)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         await copy()
         monkeypatch.delenv(variable)
     assert asked == []
+
+
+async def test_ca_bundle_per_side_and_from_aws_ca_bundle(tls_rclone: RcloneServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The side's ca_bundle is trusted, else AWS_CA_BUNDLE; the system store alone is not enough."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    name = new_bucket(tls_rclone, "ca")
+    async with Bucket(bucket(tls_rclone, name), 4, label="source") as b:
+        with pytest.raises(BucketError, match="TLS certificate is not trusted"):
+            await b.check()
+    async with Bucket(bucket(tls_rclone, name, ca_bundle=str(tls_rclone.tls[0])), 4, label="source") as b:
+        await b.check()
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_rclone.tls[0]))
+    async with Bucket(bucket(tls_rclone, name), 4, label="source") as b:
+        await b.check()
