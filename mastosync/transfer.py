@@ -118,6 +118,17 @@ class MemoryBudget:
             self._waiters.notify_all()
 
 
+THREAD_HASH_FROM = 1 * MiB  # bodies this large are hashed off the event loop
+
+
+async def md5_of(data: bytes | bytearray) -> bytes:
+    """The MD5 digest of `data`. hashlib releases the GIL on large buffers, so a large body
+    is hashed in a thread, on another core, while the loop goes on with other copies."""
+    if len(data) < THREAD_HASH_FROM:
+        return hashlib.md5(data).digest()
+    return await asyncio.to_thread(lambda: hashlib.md5(data).digest())
+
+
 def part_size_for(size: int, configured: int) -> int:
     """The configured part size, or more (whole MiB) when the object needs over 10,000 parts."""
     if size <= configured * MAX_PARTS:
@@ -310,7 +321,7 @@ class Copier:
         held = await self.budget.acquire(head.size)
         try:
             data = await body.read(head.size, last=True)
-            digest = hashlib.md5(data).digest()
+            digest = await md5_of(data)
             proof, note = PROOF_TRANSFER, None
             if head.md5 is not None:
                 if digest.hex() == head.md5:
@@ -339,7 +350,7 @@ class Copier:
                 held = await self.budget.acquire(size)
                 try:
                     data = await body.read(size, last=(size == remaining))
-                    digest = hashlib.md5(data).digest()
+                    digest = await md5_of(data)
                     if whole is not None:
                         whole.update(data)
                     etags_of_source.feed(data, digest)

@@ -25,13 +25,14 @@ import asyncio
 import os
 import ssl
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 MIN_RATE = 64 * 1024  # bytes/s below which a body is too slow to wait for (deadlines)
+WRITE_PIECE = 256 * 1024  # larger bodies are sent in pieces of this size, each drained before the next
 
 
 class HTTPError(Exception):
@@ -169,11 +170,17 @@ class Transport:
             self._session = self._open()
         # Time to send the body and get an answer; the body is read under its own deadline.
         deadline = self._connect_timeout + self._read_timeout + len(body) / MIN_RATE
+        data: Any = body or None
+        if len(body) > WRITE_PIECE:
+            # Handed over whole, a body the socket cannot take at once is copied into the
+            # transport's buffer: a second copy of every large upload. In drained pieces, not.
+            headers = {**headers, "content-length": str(len(body))}
+            data = _pieces(body)
         try:
             async with asyncio.timeout(deadline):
                 raw = await self._session.request(
                     method, URL(self.origin + target, encoded=True), headers=headers,
-                    data=body or None,
+                    data=data,
                     allow_redirects=False, proxy=self.proxy, proxy_auth=self.proxy_auth)
         except BaseException as exc:
             raise _translate(exc, f"{method} {target.split('?')[0]}") from None
@@ -183,6 +190,12 @@ class Transport:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+async def _pieces(body: bytes | bytearray) -> AsyncIterator[memoryview]:
+    with memoryview(body) as view:
+        for start in range(0, len(view), WRITE_PIECE):
+            yield view[start:start + WRITE_PIECE]
 
 
 def _environment_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
