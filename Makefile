@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+S3RVER  = $(VENV)/s3rver/node_modules/.bin/s3rver
 
 .PHONY: test demo lint bench venv clean
 
@@ -16,7 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# s3rver (npm): a third S3 implementation the storage suites run against.
+$(S3RVER): | $(STAMP)
+	npm install --prefix $(VENV)/s3rver --no-audit --no-fund --silent s3rver@3.7.1
+
+test: $(STAMP) $(S3RVER)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && echo "pytest found no tests" && rc=0; exit $$rc
 
 lint: $(STAMP)

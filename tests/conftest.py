@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from tests.services.postgres import PostgresServer
-from tests.services.s3 import SERVERS, S3Server
+from tests.services.s3 import E2E_SERVERS, SERVERS, S3Server
 from tests.services.schema import schema_sql
 from tests.services.ssh import AsyncsshServer
 
@@ -95,26 +95,28 @@ def s3_servers() -> Iterator[dict[str, S3Server]]:
             server.stop()
 
 
-def _server(kind: str, pool: dict[str, S3Server]) -> S3Server:
+def start_server(kind: str, pool: dict[str, S3Server]) -> S3Server:
+    """The session's server of this kind, started on first use."""
     if kind not in pool:
         pool[kind] = SERVERS[kind]().start()
     return pool[kind]
 
 
-@pytest.fixture(params=list(SERVERS))
+@pytest.fixture(params=list(E2E_SERVERS))
 def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
-    """Each S3 server in turn: the storage and end-to-end suites run against both."""
-    return _server(request.param, s3_servers)
+    """moto and rclone serve s3 in turn: the end-to-end suites run against both. The storage
+    suites override this fixture to run against every server (s3rver too)."""
+    return start_server(request.param, s3_servers)
 
 
 @pytest.fixture
 def moto(s3_servers: dict[str, S3Server]) -> S3Server:
-    return _server("moto", s3_servers)
+    return start_server("moto", s3_servers)
 
 
 @pytest.fixture
 def rclone(s3_servers: dict[str, S3Server]) -> S3Server:
-    return _server("rclone", s3_servers)
+    return start_server("rclone", s3_servers)
 
 
 def new_bucket(server: S3Server, label: str) -> str:

@@ -38,10 +38,17 @@ from mastosync.transfer import (
     MultipartEtags,
     part_size_for,
 )
-from tests.conftest import ROOT, MastodonDb, new_bucket, write_config
+from tests.conftest import ROOT, MastodonDb, new_bucket, start_server, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
-from tests.services.s3 import S3Server
+from tests.services.s3 import SERVERS, S3Server
+
+
+@pytest.fixture(params=list(SERVERS))
+def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """This storage suite runs against every S3 server the tests can start."""
+    return start_server(request.param, s3_servers)
+
 
 
 @contextmanager
@@ -102,7 +109,7 @@ async def test_a_404_from_the_destination_is_not_missing(s3: S3Server) -> None:
         async with copier(s3, src, dst, destination_endpoint=proxy.endpoint, retries=20) as c:
             again = [await c.copy(k, k) for k in ("small.png", "video.mp4")]
         assert [o.status for o in again] == [COPIED, COPIED]
-        assert s3.open_uploads(dst) == []
+        assert s3.open_uploads(dst) == [] or not s3.can_abort_uploads  # s3rver cannot abort
     async with copier(s3, src, dst) as c:
         assert (await c.copy("not-there.png", "not-there.png")).status == MISSING
 

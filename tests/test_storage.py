@@ -22,9 +22,16 @@ from mastosync.storage import (
     answer_error,
     bucket_url,
 )
-from tests.conftest import new_bucket
+from tests.conftest import new_bucket, start_server
 from tests.reliability.helpers import fault_proxy
-from tests.services.s3 import S3Server
+from tests.services.s3 import SERVERS, S3Server
+
+
+@pytest.fixture(params=list(SERVERS))
+def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """This storage suite runs against every S3 server the tests can start."""
+    return start_server(request.param, s3_servers)
+
 
 
 def settings(**values: str) -> BucketSettings:

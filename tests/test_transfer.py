@@ -14,12 +14,18 @@ import pytest
 from mastosync.config import BucketSettings, DestinationSettings, MiB
 from mastosync.storage import Bucket, RetryPolicy
 from mastosync.transfer import COPIED, FAILED, MISSING, SKIPPED, Copier, MemoryBudget
-from tests.conftest import new_bucket
+from tests.conftest import new_bucket, start_server
 from tests.services.faultproxy import FaultProxy
 from tests.services.instance import CC, body
-from tests.services.s3 import S3Server
+from tests.services.s3 import SERVERS, S3Server
 
 ODD_KEYS = ["a b/c d.png", "ünï/cödé 写真.jpg", "plus+sign.png", "at@sign.png", "it's.png", "(paren) [x].gif"]
+
+@pytest.fixture(params=list(SERVERS))
+def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Server:
+    """This storage suite runs against every S3 server the tests can start."""
+    return start_server(request.param, s3_servers)
+
 
 
 def bucket_settings(server: S3Server, bucket: str, endpoint: str | None = None, **extra) -> dict:
@@ -128,7 +134,7 @@ async def test_faults_never_store_a_bad_body(s3: S3Server) -> None:
     assert sum(o.attempts - 1 for o in outcomes) > 0  # retries are visible in the outcomes
     for key, expected in data.items():
         assert s3.get(dst, key)[0] == expected, key
-    assert s3.open_uploads(dst) == []
+    assert s3.open_uploads(dst) == [] or not s3.can_abort_uploads  # s3rver cannot abort
 
 
 async def test_gives_up_after_bounded_retries(moto: S3Server) -> None:
@@ -165,7 +171,8 @@ async def test_cancelled_multipart_is_aborted(s3: S3Server) -> None:
         assert proxy.count("AbortMultipartUpload") == 1
     finally:
         proxy.stop()
-    assert s3.open_uploads(dst) == [] and "big.bin" not in s3.keys(dst)
+    assert s3.open_uploads(dst) == [] or not s3.can_abort_uploads  # s3rver cannot abort
+    assert "big.bin" not in s3.keys(dst)
 
 
 async def test_server_side_copy_on_the_same_endpoint(moto: S3Server) -> None:

@@ -1,6 +1,7 @@
-"""S3 servers for tests: moto (full API, ACLs, multipart) and `rclone serve s3` (no ACLs).
+"""S3 servers for tests: moto (full API, ACLs, multipart), `rclone serve s3` (no ACLs) and
+s3rver (a Node.js S3 server on a directory, from the npm registry; no ACLs).
 
-Both run as child processes on free loopback ports. Each has a plain boto3 client for
+All run as child processes on free loopback ports. Each has a plain boto3 client for
 the tests' own set-up and inspection (creating buckets, seeding objects, reading back).
 """
 
@@ -27,6 +28,7 @@ class S3Server:
 
     kind = "s3"
     supports_acl = False
+    can_abort_uploads = True  # AbortMultipartUpload works (s3rver has none)
 
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.port = free_port()
@@ -148,4 +150,49 @@ class RcloneServer(S3Server):
         shutil.rmtree(getattr(self, "root", ""), ignore_errors=True)
 
 
-SERVERS = {"moto": MotoServer, "rclone": RcloneServer}
+S3RVER_VERSION = "3.7.1"
+S3RVER_HOME = Path(__file__).resolve().parents[2] / ".venv" / "s3rver"
+
+
+def s3rver_binary() -> str:
+    """s3rver, installed by `make test` (npm install into .venv/s3rver)."""
+    binary = S3RVER_HOME / "node_modules" / ".bin" / "s3rver"
+    if not binary.exists():
+        raise FileNotFoundError(f"s3rver not installed: npm install --prefix {S3RVER_HOME} s3rver@{S3RVER_VERSION}")
+    return str(binary)
+
+
+class S3rverServer(S3Server):
+    """s3rver 3.7: no ACLs, no ListMultipartUploads, no AbortMultipartUpload."""
+
+    kind = "s3rver"
+    can_abort_uploads = False
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(tls)
+        self.access_key = self.secret_key = "S3RVER"  # the only credentials it knows
+
+    def start(self) -> S3rverServer:
+        self.root = Path(tempfile.mkdtemp(prefix="mastosync-s3rver-"))
+        # Its continuation tokens are DES-encrypted: Node 17+ has DES only in OpenSSL's legacy provider.
+        env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
+        self.process = ManagedProcess(
+            "s3rver", [s3rver_binary(), "--directory", str(self.root), "--address", "127.0.0.1",
+                       "--port", str(self.port), "--silent", "--no-vhost-buckets"], env=env)
+        self.process.start(lambda: port_open(self.port))
+        return self
+
+    def open_uploads(self, bucket: str) -> list[dict[str, Any]]:
+        """Uploads started and neither completed nor aborted, from its directory (no API for it)."""
+        uploads = self.root / bucket / "._S3rver_uploads"
+        return [{"UploadId": p.name} for p in uploads.iterdir()] if uploads.is_dir() else []
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(getattr(self, "root", ""), ignore_errors=True)
+
+
+SERVERS = {"moto": MotoServer, "rclone": RcloneServer, "s3rver": S3rverServer}
+# The whole-product suites (run, verify, resume, faults) on the two Python-installed servers;
+# the storage suites (test_storage, test_transfer, test_conformance) on every one.
+E2E_SERVERS = ("moto", "rclone")
