@@ -247,6 +247,9 @@ def _load(config_path: str | None) -> config.Settings:
     handler.setFormatter(logging.Formatter("mastosync: %(levelname)s: %(message)s"))
     handler.addFilter(_RedactingFilter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    # asyncio's own warnings ("socket.send() raised exception." after a peer resets) say
+    # nothing mastosync does not report better itself; its errors still show.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     return settings
 
 

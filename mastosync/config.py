@@ -306,16 +306,31 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         raise ConfigError(where, f"expected a value {span}, got {_describe(value, meta)}")
 
 
+def _place(side: BucketSettings) -> tuple[str, str, str]:
+    """Where a side's objects are: the endpoint (normalised; AWS's by region), bucket, key prefix."""
+    from urllib.parse import urlsplit
+
+    if not side.endpoint:
+        return (f"aws:{side.region or 'us-east-1'}", side.bucket, side.key_prefix)
+    parts = urlsplit(side.endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return (f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}{parts.path.rstrip('/')}", side.bucket,
+            side.key_prefix)
+
+
 def _check_together(settings: Settings) -> None:
     """Rules that involve more than one key."""
     for name in ("source", "destination"):
         endpoint = getattr(settings, name).endpoint
-        if endpoint and not re.match(r"^https?://[^/\s]+", endpoint):
+        if endpoint and not re.match(r"^https?://[^/\s]+", endpoint, re.IGNORECASE):
             raise ConfigError(
                 f"{name}.endpoint", "expected a URL such as https://s3.example.com"
             )
         if not getattr(settings, name).bucket:
             raise ConfigError(f"{name}.bucket", "must not be empty")
+    if _place(settings.source) == _place(settings.destination):
+        raise ConfigError("destination", "is the same bucket and key prefix as the source: every object would "
+                                         "be skipped as already there (use another bucket or key_prefix)")
     for name in ("source", "destination"):
         side = getattr(settings, name)
         if side.profile and (side.access_key_id or side.secret_access_key):

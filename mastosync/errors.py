@@ -10,7 +10,9 @@ message on one line and exits with its code. Nothing else escapes as a traceback
     │   ├── DatabaseError             PostgreSQL: refused, bad password, missing table
     │   ├── TunnelError               SSH: refused, host key, authentication, forward
     │   └── BucketError               S3: endpoint unreachable, credentials, no bucket
+    ├── StateBusy                     another run holds the state directory's lock
     ├── ObjectsFailed                 exit 1: the run finished but some objects failed
+    ├── EndpointDown                  exit 1: a bucket's endpoint stopped answering mid-run
     ├── VerifyGaps                    exit 1: verify found objects absent or different
     └── Interrupted                   exit 130 (SIGINT) or 143 (SIGTERM); progress saved
 
@@ -58,8 +60,18 @@ class BucketError(ConnectError):
     """An S3 endpoint or bucket is unreachable or refuses our credentials."""
 
 
+class StateBusy(MastosyncError):
+    """Another run is using the same state directory (overlapping cron jobs)."""
+
+
 class ObjectsFailed(MastosyncError):
     """Some objects could not be copied; the report lists them."""
+
+    exit_code = 1
+
+
+class EndpointDown(MastosyncError):
+    """An endpoint has answered nothing but failures for longer than sync.timeout: the run stops."""
 
     exit_code = 1
 

@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 from mastosync import layout, records
 from mastosync.config import Settings
-from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
+from mastosync.errors import EndpointDown, Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
 from mastosync.progress import Display, Stats
 from mastosync.redact import redact
-from mastosync.state import Report, ResumeState, TypeProgress
+from mastosync.state import Report, ResumeState, RunLock, TypeProgress
 from mastosync.storage import Bucket, Head, RetryPolicy, StorageError, upload_extra
 from mastosync.transfer import (
     ABSENT,
@@ -39,6 +39,7 @@ from mastosync.transfer import (
     Known,
     MemoryBudget,
     Outcome,
+    keep_large_buffers_mapped,
 )
 
 
@@ -294,8 +295,11 @@ class Engine:
             self.queue.get_nowait()
         for _ in pending:
             self.queue.put_nowait(None)
+        # As long as the copies in flight need, at most the grace period, and no longer: the
+        # wait ends when every worker is done or a second signal comes, whichever is first.
+        finished = asyncio.gather(*pending, return_exceptions=True)
         hard = asyncio.create_task(self.hard_stop.wait())
-        await asyncio.wait({*pending, hard}, timeout=GRACE_SECONDS)
+        await asyncio.wait({finished, hard}, timeout=GRACE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         hard.cancel()
         for w in pending:
             w.cancel()
@@ -463,10 +467,16 @@ def _entry(job: Job, status: str, reason: str | None, attempts: int) -> dict[str
 
 def run(settings: Settings, request: Request) -> None:
     """Copy every selected object; raises ObjectsFailed or Interrupted for exit codes 1, 130, 143."""
+    keep_large_buffers_mapped()
     asyncio.run(_run(settings, request))
 
 
 async def _run(settings: Settings, request: Request) -> None:
+    with RunLock(settings.sync.state_dir):
+        await _run_locked(settings, request)
+
+
+async def _run_locked(settings: Settings, request: Request) -> None:
     state = ResumeState(settings, request.since)
     progress = state.load(request.types, request.restart)
     resumed = {n: p.done_through for n, p in progress.items() if p.done_through is not None or p.failed_ids}
@@ -508,15 +518,19 @@ async def _run(settings: Settings, request: Request) -> None:
                 return Outcome(FAILED, 0, 1, redact(f"internal error: {type(exc).__name__}: {exc}"))
 
         async def copy(job: Job) -> None:
-            outcome = await copy_one(job)
-            other = job.fallback
-            if outcome.status == MISSING and other is not None:
-                # Where an older Mastodon wrote this style; copied under its own key.
-                found = await copy_one(other)
-                if found.status == MISSING:
-                    outcome.error = f"not found at the source, nor at {other.source_key}"
-                else:
-                    job, outcome = other, found
+            fatal: MastosyncError | None = None
+            try:
+                outcome = await copy_one(job)
+                other = job.fallback
+                if outcome.status == MISSING and other is not None:
+                    # Where an older Mastodon wrote this style; copied under its own key.
+                    found = await copy_one(other)
+                    if found.status == MISSING:
+                        outcome.error = f"not found at the source, nor at {other.source_key}"
+                    else:
+                        job, outcome = other, found
+            except EndpointDown as exc:  # the run stops; this object is one of those it leaves failed
+                fatal, outcome = exc, Outcome(FAILED, 0, 1, str(exc))
             s = job.stats
             s.retries += outcome.attempts - 1
             if outcome.status == COPIED:
@@ -536,6 +550,8 @@ async def _run(settings: Settings, request: Request) -> None:
                 report.write(_entry(job, outcome.status, outcome.error, outcome.attempts))
             job.progress.finish(job.obj.id, outcome.status != FAILED)
             state.save(every=2.0)
+            if fatal is not None:
+                raise fatal
 
         engine = Engine(settings, prepared.db, request, prepared.queries, prepared.retry_queries, progress,
                         stats, copy, display, prepared.learn_sizes(need_source=False), prepared.hidden)
@@ -601,9 +617,11 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
                     found = await heads(other)
                     if found[0] is not None:
                         job, (src, dst) = other, found  # where an older Mastodon wrote it
-            except StorageError as exc:
+            except (StorageError, EndpointDown) as exc:
                 s.failed += 1
                 finding(job, "error", str(exc), None, None)
+                if isinstance(exc, EndpointDown):
+                    raise  # the run stops
                 return
             if src is None:
                 s.missing += 1

@@ -45,7 +45,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 
 from mastosync import __version__
 from mastosync.config import BucketSettings, DestinationSettings
-from mastosync.errors import BucketError
+from mastosync.errors import BucketError, EndpointDown
 from mastosync.redact import redact
 from mastosync.sigv4 import (
     EMPTY_SHA256,
@@ -226,22 +226,29 @@ class RetryPolicy:
 class Pacer:
     """How many requests an endpoint gets at once, and whether it is down.
 
-    Additive increase, multiplicative decrease (as TCP): a throttling answer (503
-    SlowDown, 429) halves the requests allowed in flight, each success adds a little
-    back. So a provider that asks us to slow down sees fewer requests per second, not the
-    same rate of retries. An endpoint that answers nothing at all for `down_after`
-    seconds is declared down, and the remaining objects fail at once instead of each
-    waiting through its retries.
+    The requests allowed in flight follow the share of recent answers that were throttled
+    (503 SlowDown, 429): with a share f, about max × (1 − f)², so one SlowDown in fifty
+    costs 4% of the rate and a storm of them brings it down to one request at a time. The
+    share is a moving average over about the last 64 answers, so the rate comes back
+    within a few dozen answers of the throttling ending, and a limit lowered by a storm
+    climbs back by at least a quarter request per success (as TCP). Errors and resets do
+    not lower it: they are retried, not paced.
+
+    The endpoint is declared down when nothing but failures (resets, timeouts, refused
+    connections, 5xx other than throttling) has come back for `down_after` seconds; then
+    the run stops instead of every object waiting through its retries.
     """
+
+    WINDOW = 64  # answers the throttled share is averaged over
 
     def __init__(self, limit: int, down_after: float) -> None:
         self.max = float(limit)
         self.limit = float(limit)
         self.in_flight = 0
         self.down_after = down_after
+        self.throttled_share = 0.0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._last_cut = 0.0
-        self._unreachable_since: float | None = None
+        self._failing_since: float | None = None
 
     def _allowed(self) -> int:
         return max(1, int(self.limit))
@@ -273,32 +280,34 @@ class Pacer:
                 self.in_flight += 1
                 waiter.set_result(None)
 
+    def _target(self) -> float:
+        return max(1.0, self.max * (1.0 - self.throttled_share) ** 2)
+
     def answered(self) -> None:
-        """Any answer, even an error, shows the endpoint is up."""
-        self._unreachable_since = None
+        """An answer that is neither a success nor throttling (a 4xx): the endpoint is up."""
+        self._failing_since = None
+        self.throttled_share -= self.throttled_share / self.WINDOW
 
     def succeeded(self) -> None:
-        self._unreachable_since = None
+        self._failing_since = None
+        self.throttled_share -= self.throttled_share / self.WINDOW
         if self.limit < self.max:
-            # Recover linearly (a quarter request per success, at least): after a storm
-            # the full rate is back within a few hundred requests.
-            self.limit = min(self.max, self.limit + max(0.25, 1.0 / self.limit))
+            self.limit = min(self._target(), self.limit + max(0.25, 1.0 / self.limit))
             self._wake()
 
     def throttled(self) -> None:
-        self._unreachable_since = None
-        now = time.monotonic()
-        if now - self._last_cut > 0.1:  # one cut per burst of throttled answers
-            self._last_cut = now
-            self.limit = max(1.0, self.limit / 2)
+        self._failing_since = None  # a throttling endpoint is up, only busy
+        self.throttled_share += (1.0 - self.throttled_share) / self.WINDOW
+        self.limit = min(self.limit, self._target())
 
-    def unreachable(self) -> None:
-        if self._unreachable_since is None:
-            self._unreachable_since = time.monotonic()
+    def failed(self) -> None:
+        """A reset, a timeout, a refused connection or a server error: no sign of life."""
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
 
     @property
     def down(self) -> bool:
-        since = self._unreachable_since
+        since = self._failing_since
         return since is not None and time.monotonic() - since > self.down_after
 
 
@@ -385,6 +394,7 @@ class Bucket:
         self._credential_source: Any = None  # botocore's, when the configuration has no keys or a profile
         self._credentials_checked = 0.0
         self._clock_offset = 0.0  # the server's clock minus ours, learnt from RequestTimeTooSkewed
+        self._declared_down = False
 
     def describe(self) -> str:
         return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self._region}"
@@ -517,10 +527,10 @@ class Bucket:
             error = classify(exc, what)
             if error.throttled:
                 self.pacer.throttled()
-            elif error.unreachable:
-                self.pacer.unreachable()
+            elif isinstance(error, Transient) or error.status >= 500:
+                self._failed()  # a reset, a timeout, a refused connection, a 5xx: no sign of life
             elif error.status:
-                self.pacer.answered()  # a reset or timeout is no sign of life; an error answer is
+                self.pacer.answered()
             if error.code in EXPIRED_CODES and self._credential_source is None:
                 raise CredentialsExpired(f"{self.describe()}: the configured session_token has expired "
                                          f"({error.code}); set fresh credentials and run again") from None
@@ -551,11 +561,22 @@ class Bucket:
                 self._clock_offset = offset
                 raise _Redo()
 
+    def _failed(self) -> None:
+        self.pacer.failed()
+        if self.pacer.down and not self._declared_down:
+            # Down: requests still waiting on it (a read timeout can be a minute) end now.
+            self._declared_down = True
+            transport, self.transport = self.transport, None
+            self._open_transport()
+            if transport is not None:
+                asyncio.get_running_loop().create_task(transport.close())
+
     def ensure_up(self, what: str) -> None:
-        """Raise Permanent once the endpoint has been declared down."""
+        """Raise EndpointDown once nothing but failures has come back for `down_after` seconds."""
         if self.pacer.down:
-            raise Permanent(f"{what}: {self.describe()} has been unreachable for over "
-                            f"{self.pacer.down_after:.0f}s; giving up")
+            raise EndpointDown(f"{self.describe()}: nothing but failures (resets, timeouts, server errors) for "
+                               f"over {self.pacer.down_after:.0f}s (sync.timeout); stopped. Objects in flight are "
+                               "reported failed; the next run continues where this one stopped")
 
     async def _xml(self, method: str, key: str | None, what: str, query: dict[str, str],
                    headers: dict[str, str] | None = None, body: bytes = b"") -> ET.Element:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import dataclasses
 import hashlib
 import math
@@ -95,6 +96,23 @@ class ContentMismatch(Transient):
     def __init__(self, message: str, md5: str) -> None:
         super().__init__(message)
         self.md5 = md5
+
+
+def keep_large_buffers_mapped() -> None:
+    """Make glibc return every large body buffer to the system when it is freed.
+
+    glibc serves allocations over its mmap threshold (128 KiB) with mmap, and returns them
+    on free; but after freeing one it raises the threshold to that size (up to 32 MiB), so
+    later bodies come from the heap, which fragments and never shrinks: a run's RSS grew
+    to several times its budget. Setting the threshold fixes it (and turns off that
+    adjustment); at most two malloc arenas for the hashing threads. A no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass

@@ -7,6 +7,7 @@ The tables are pure; the credential and header tests talk to the real S3 servers
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,52 @@ async def test_pacer_is_first_come_first_served_and_survives_cancellation() -> N
     await asyncio.gather(*tasks, return_exceptions=True)
     assert order == [0, 2] and pacer.in_flight == 2
     pacer.throttled()
-    assert pacer.limit == 1
+    assert pacer._allowed() == 1  # 2 × (1 − 1/64)² is below 2
     pacer.release()
     pacer.release()
     assert pacer.in_flight == 0
+
+
+def pace(pacer: Pacer, share: float, answers: int, seed: int = 1) -> float:
+    rng = random.Random(seed)
+    for _ in range(answers):
+        if rng.random() < share:
+            pacer.throttled()
+        else:
+            pacer.succeeded()
+    return pacer.limit
+
+
+@pytest.mark.parametrize("share,at_least,at_most", [
+    (0.0, 32, 32), (0.02, 0.9 * 32, 32), (0.10, 0.75 * 32, 0.85 * 32), (0.5, 7, 9), (0.9, 1, 1)])
+def test_pacer_lowers_the_rate_in_proportion_to_throttling(share: float, at_least: float, at_most: float) -> None:
+    """One SlowDown in fifty costs a few percent, not half the rate (as the halving pacer did)."""
+    assert at_least <= pace(Pacer(32, 60), share, 3000) <= at_most
+
+
+def test_pacer_comes_back_after_a_storm_and_ignores_errors() -> None:
+    pacer = Pacer(32, 60)
+    assert pace(pacer, 0.9, 500) == 1
+    assert pace(pacer, 0.0, 200) >= 0.8 * 32  # a couple hundred answers after the storm
+    for _ in range(100):
+        pacer.failed()  # resets and 500s are retried, not paced
+    assert pacer.limit >= 0.8 * 32
+
+
+async def test_pacer_declares_an_endpoint_down_after_only_failures() -> None:
+    pacer = Pacer(8, down_after=0.2)
+    pacer.failed()
+    await asyncio.sleep(0.1)
+    pacer.failed()
+    assert not pacer.down
+    pacer.succeeded()  # any success starts the count again
+    pacer.failed()
+    await asyncio.sleep(0.3)
+    pacer.throttled()  # throttling is a sign of life
+    assert not pacer.down
+    pacer.failed()
+    await asyncio.sleep(0.3)
+    assert pacer.down
 
 
 def credential_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
