@@ -24,10 +24,12 @@ TYPE_HELP = (
 )
 
 
-def parse_since(value: str | None) -> datetime | None:
-    """ISO-8601 date or datetime → naive UTC, as Mastodon stores its timestamps."""
+def parse_since(value: str | None) -> datetime | str | None:
+    """ISO-8601 date or datetime → naive UTC, as Mastodon stores its timestamps; "last" stays."""
     if value is None:
         return None
+    if value.strip().lower() == "last":
+        return "last"  # resolved from the run history once the configuration is known
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -39,7 +41,7 @@ def parse_since(value: str | None) -> datetime | None:
     return moment
 
 
-def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | str | None:
     return parse_since(value)
 
 
@@ -82,7 +84,8 @@ def since_option(f: Callable[..., Any]) -> Callable[..., Any]:
         metavar="TIME",
         callback=_since_callback,
         help="Only attachments updated at or after TIME (ISO-8601 date or datetime; "
-        "without a zone, UTC). Use the start time of the first run for the cut-over catch-up.",
+        "without a zone, UTC). `last`: the start of the last completed run of the same "
+        "migration (buckets, prefixes, types): the catch-up after switching Mastodon over.",
     )(f)
 
 
@@ -98,7 +101,8 @@ def chosen_types(types: tuple[str, ...], all_types: bool) -> tuple[str, ...]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mastosync")
-def cli() -> None:
+@config_option
+def cli(config_path: str | None) -> None:
     """Copy a Mastodon instance's media from one S3-compatible bucket to another.
 
     mastosync reads the instance's PostgreSQL database, works out the exact object
@@ -132,14 +136,21 @@ def cli() -> None:
     help="Ignore saved progress and go through every record again "
     "(objects already at the destination with the same size are still skipped).",
 )
+@click.option("--log-file", metavar="PATH",
+              help="Append one JSON object per line for each failed or missing object, each retry, each "
+              "progress tick and the summary (follow it with `tail -f PATH | jq`).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the final summary as one JSON object on stdout (progress and table go to stderr).")
 def run(
     config_path: str | None,
     types: tuple[str, ...],
     all_types: bool,
     concurrency: int | None,
     limit: int | None,
-    since: datetime | None,
+    since: datetime | str | None,
     restart: bool,
+    log_file: str | None,
+    as_json: bool,
 ) -> None:
     """Copy every object the database references to the destination bucket.
 
@@ -158,6 +169,8 @@ def run(
             since=since,
             concurrency=concurrency or settings.sync.concurrency,
             restart=restart,
+            log_file=log_file,
+            as_json=as_json,
         ),
     )
 
@@ -173,7 +186,7 @@ def dry_run(
     types: tuple[str, ...],
     all_types: bool,
     limit: int | None,
-    since: datetime | None,
+    since: datetime | str | None,
     as_json: bool,
 ) -> None:
     """Print, one line per object, what `run` would copy: type, id, source key, destination key.
@@ -208,7 +221,7 @@ def verify(
     types: tuple[str, ...],
     all_types: bool,
     limit: int | None,
-    since: datetime | None,
+    since: datetime | str | None,
     concurrency: int | None,
     as_json: bool,
 ) -> None:
@@ -241,6 +254,9 @@ class _RedactingFilter(logging.Filter):
 
 
 def _load(config_path: str | None) -> config.Settings:
+    # `mastosync --config PATH run` as well as `mastosync run --config PATH` (the latter wins).
+    if config_path is None:
+        config_path = click.get_current_context().find_root().params.get("config_path")
     settings = config.load(config.config_path(config_path))
     redact.add(settings.secrets)
     handler = logging.StreamHandler(sys.stderr)

@@ -203,7 +203,7 @@ def load(path: Path, environ: typing.Mapping[str, str] | None = None) -> Setting
             raise ConfigError(name, "expected a table, such as [" + name + "]")
         if name in REQUIRED_SECTIONS and name not in raw and not _env_keys(name, cls, environ):
             raise ConfigError(name, "section is required")
-        sections[name] = _section(name, cls, table, environ)
+        sections[name] = _section(name, cls, table, environ, path.expanduser().resolve().parent)
     settings = Settings(path=path, **sections)
     _check_together(settings)
     return settings
@@ -217,7 +217,10 @@ def _env_name(section: str, key: str) -> str:
     return f"MASTOSYNC_{section}_{key}".upper()
 
 
-def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mapping[str, str]) -> Any:
+def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mapping[str, str],
+             base: Path | None = None) -> Any:
+    """One section's settings. Relative paths are taken from `base`, the configuration file's
+    folder: cron and systemd start mastosync in another working directory."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
@@ -236,9 +239,17 @@ def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mappin
         elif f.metadata.get("required"):
             raise ConfigError(where, f"required key is missing (or set {env})")
         else:
+            if f.metadata.get("kind") == "path" and base is not None and f.default:
+                values[key] = _from_base(base, str(Path(str(f.default)).expanduser()))
             continue
+        if f.metadata.get("kind") == "path" and base is not None and values[key]:
+            values[key] = _from_base(base, values[key])
         _check(where, values[key], f.metadata)
     return cls(**values)
+
+
+def _from_base(base: Path, value: str) -> str:
+    return value if Path(value).is_absolute() else str(base / value)
 
 
 def _describe(value: Any, meta: typing.Mapping[str, Any]) -> str:

@@ -199,6 +199,12 @@ class MediaObject(NamedTuple):
     content_type: str | None  # the database's content type of the original
     private: bool = False  # Mastodon keeps it private: never written with a public ACL
     fallback: str | None = None  # where it may be instead when `key` is absent at the source
+    estimate: int = 0  # its size as far as known before listing: the database's, or DERIVED_ESTIMATE
+
+
+# The size a derived style is taken to have until a listing or a copy tells (small images,
+# statics and icons are tens of kilobytes; never more than the original).
+DERIVED_ESTIMATE = 64 * 1024
 
 
 def full_key(key_prefix: str, key: str) -> str:
@@ -295,8 +301,10 @@ def objects_of(
         cache = "cache/" if remote and (row.get(att.schema_version) or 0) >= 1 else ""
         folder = f"{cache}{att.path}/{partition}/"
         content_type = row.get(att.content_type)
+        size = row.get(att.file_size)
         found.append(MediaObject(type_name, record_id, att.name, "original", f"{folder}original/{original}",
-                                 row.get(att.file_size), content_type, private))
+                                 size, content_type, private, None, size or 0))
+        derived_estimate = min(size or 0, DERIVED_ESTIMATE)
         for style in att.styles(row):
             fallback = None
             if style.fallback_format is not None:
@@ -304,5 +312,5 @@ def objects_of(
                 fallback = f"{folder}{style.name}/{style_file_name(original, other)}"
             found.append(MediaObject(type_name, record_id, att.name, style.name,
                                      f"{folder}{style.name}/{style_file_name(original, style)}",
-                                     None, content_type, private, fallback))
+                                     None, content_type, private, fallback, derived_estimate))
     return found

@@ -19,15 +19,23 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from mastosync import layout, records
-from mastosync.config import Settings
-from mastosync.errors import EndpointDown, Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
-from mastosync.progress import Display, Stats
+from mastosync.config import Settings, format_size
+from mastosync.errors import (
+    EndpointDown,
+    Interrupted,
+    MastosyncError,
+    ObjectsFailed,
+    UsageError,
+    VerifyGaps,
+)
+from mastosync.progress import Display, Stats, summary_json, total_of
 from mastosync.redact import redact
-from mastosync.state import Report, ResumeState, RunLock, TypeProgress
+from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, RunLock, TypeProgress
 from mastosync.storage import Bucket, Head, RetryPolicy, StorageError, upload_extra
 from mastosync.transfer import (
     ABSENT,
@@ -49,9 +57,22 @@ class Request:
 
     types: tuple[str, ...]
     limit: int | None = None
-    since: datetime | None = None
+    since: datetime | None = None  # "last" until resolve_since()
     concurrency: int = 32
     restart: bool = False
+    log_file: str | None = None  # --log-file: JSON lines of events
+    as_json: bool = False  # run --json: the summary as one JSON object on stdout
+
+
+def resolve_since(settings: Settings, request: Request) -> Request:
+    """`--since last`: the start of the last completed run of this migration and these types."""
+    if request.since != "last":  # type: ignore[comparison-overlap]
+        return request
+    started = RunHistory(settings.sync.state_dir).last_complete_start(settings, request.types)
+    if started is None:
+        raise UsageError(f"--since last: no completed run of these types between these buckets is recorded in "
+                         f"{Path(settings.sync.state_dir).resolve()}; give a time instead")
+    return dataclasses.replace(request, since=started)
 
 
 def filters_for(settings: Settings, request: Request) -> records.Filters:
@@ -84,7 +105,7 @@ def dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO | N
     """Print every object `run` would copy; touches no bucket."""
     out = out or sys.stdout
     try:
-        asyncio.run(_dry_run(settings, request, as_json, out))
+        asyncio.run(_dry_run(settings, resolve_since(settings, request), as_json, out))
         out.flush()
     except BrokenPipeError:  # `mastosync dry-run | head` is fine
         with contextlib.suppress(Exception):
@@ -98,11 +119,15 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
     # Hand-assembled JSON with the C string encoder: several times faster than json.dumps
     # of a dict, and this loop runs for every object of the instance.
     quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+    objects = size = 0
     async with open_database(settings) as db:
         hidden = await records.hidden(db, tuple(layout.TYPES[name] for name in request.types))
         for name in request.types:
             object_type = layout.TYPES[name]
             query = await records.query_for(db, object_type, filters)
+            if query is not None and request.limit is None:
+                _, count, estimate = await records.totals(db, query)
+                objects, size = objects + count, size + estimate
             if query is None:
                 continue
             lines: list[str] = []
@@ -128,6 +153,11 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
                     lines.clear()
             if lines:
                 out.write("\n".join(lines) + "\n")
+    if request.limit is None:
+        # On stderr: stdout is the plan itself, for pipes and files.
+        out.flush()
+        sys.stderr.write(f"dry-run: {objects} objects, about {format_size(size)} (originals' sizes from the "
+                         "database, derived styles estimated)\n")
 
 
 # -- run and verify: one engine ---------------------------------------------------------
@@ -428,16 +458,17 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
             raise outcome
     stats = {name: Stats(name) for name in request.types}
     for name, query in queries.items():
+        s = stats[name]
         if query is None:
-            stats[name].records_total, stats[name].bytes_total = 0, 0
+            s.records_total, s.objects_total, s.bytes_total = 0, 0, 0
             continue
         done_through = progress[name].done_through if name in progress else None
-        count, size = await records.totals(db, query, after_id=done_through)
+        s.records_total, s.objects_total, s.bytes_total = await records.totals(db, query, after_id=done_through)
         retry = retry_queries.get(name)
         if retry is not None:
-            extra, extra_size = await records.totals(db, retry)
-            count, size = count + extra, size + extra_size
-        stats[name].records_total, stats[name].bytes_total = count, size
+            count, objects, size = await records.totals(db, retry)
+            s.records_total, s.objects_total, s.bytes_total = (s.records_total + count, s.objects_total + objects,
+                                                               s.bytes_total + size)
     return Prepared(db, source, destination, queries, retry_queries, stats, hidden)
 
 
@@ -473,18 +504,28 @@ def run(settings: Settings, request: Request) -> None:
 
 async def _run(settings: Settings, request: Request) -> None:
     with RunLock(settings.sync.state_dir):
-        await _run_locked(settings, request)
+        await _run_locked(settings, resolve_since(settings, request))
 
 
 async def _run_locked(settings: Settings, request: Request) -> None:
+    started = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as Mastodon's timestamps
     state = ResumeState(settings, request.since)
     progress = state.load(request.types, request.restart)
     resumed = {n: p.done_through for n, p in progress.items() if p.done_through is not None or p.failed_ids}
-    report = Report(settings.sync.state_dir, "run")
+    events = EventLog(request.log_file) if request.log_file else None
+    report = Report(settings.sync.state_dir, "run", events)
     async with contextlib.AsyncExitStack() as stack:
+        if events is not None:
+            stack.callback(events.close)
+            events.event("start", command="run", types=list(request.types), started=started.isoformat(),
+                         since=request.since.isoformat() if request.since else None)
         prepared = await _prepare(stack, settings, request, progress, write=True)
         stats = prepared.stats
-        display = Display(list(stats.values()), settings.sync.progress_interval)
+        # With --json, stdout carries only the summary object; the rest goes to stderr.
+        display = Display(list(stats.values()), settings.sync.progress_interval,
+                          out=sys.stderr if request.as_json else None)
+        if events is not None:
+            display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json())
         destination = prepared.destination
         if state.open_uploads:  # multipart uploads an earlier run left open (a crash, an abort refused)
             left = sorted(state.open_uploads)
@@ -493,6 +534,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             display.message(f"mastosync: aborted {sum(aborted)} of {len(left)} multipart uploads left open by an "
                             "earlier run")
         destination.on_upload_started, destination.on_upload_ended = state.upload_started, state.upload_ended
+        state.counters = lambda name: {k: getattr(stats[name], k) for k in SO_FAR}
         if resumed:
             display.message("mastosync: resuming an unfinished run (--restart starts over): "
                             + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
@@ -506,6 +548,9 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             budget=MemoryBudget(sync.multipart_threshold + sync.part_size),
             server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
         )
+        if events is not None:
+            copier.on_retry = lambda key, attempt, error: events.event("retry", source_key=key, attempt=attempt,
+                                                                        error=error)
 
         async def copy_one(job: Job) -> Outcome:
             try:
@@ -533,6 +578,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                 fatal, outcome = exc, Outcome(FAILED, 0, 1, str(exc))
             s = job.stats
             s.retries += outcome.attempts - 1
+            s.done(outcome.size, job.obj.estimate)
             if outcome.status == COPIED:
                 s.copied += 1
                 s.bytes += outcome.bytes
@@ -560,7 +606,33 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             stopped = bool(engine.signals) or engine.fatal is not None
             state.save(complete={n: engine.finished_types[n] and not stopped for n in request.types})
 
-        await _drive(engine, stats, display, report, "run", "failed or missing objects", save_state)
+        try:
+            await _drive(engine, stats, display, report, "run", "failed or missing objects", save_state)
+        finally:
+            complete = (not engine.signals and engine.fatal is None and all(engine.finished_types.values())
+                        and not any(s.failed for s in stats.values()))
+            RunHistory(settings.sync.state_dir).record(settings, request.types, started,
+                                                       datetime.now(UTC).replace(tzinfo=None), request.since,
+                                                       complete)
+            earlier = {k: sum(p.earlier.get(k, 0) for p in progress.values()) for k in SO_FAR}
+            if any(earlier.values()):
+                now = {k: sum(getattr(s, k) for s in stats.values()) for k in SO_FAR}
+                display.message(
+                    f"whole migration so far (this run and the earlier ones it resumed): "
+                    f"{earlier['copied'] + now['copied']} copied ({earlier['copied']} earlier), "
+                    f"{earlier['skipped'] + now['skipped']} skipped, "
+                    f"{earlier['missing'] + now['missing']} missing ({earlier['missing']} found earlier), "
+                    f"{format_size(earlier['bytes'] + now['bytes'])} moved")
+            display.message(f"started {started:%Y-%m-%d %H:%M:%S} UTC"
+                            + (" (after switching Mastodon over, catch up with: mastosync run --since last)"
+                               if complete and request.since is None else ""))
+            summary = {"command": "run", "started": started.isoformat(), "complete": complete,
+                       "report": str(report.path), **summary_json(list(stats.values()))}
+            if events is not None:
+                events.event("summary", **summary)
+            if request.as_json:
+                sys.stdout.write(json.dumps(summary) + "\n")
+                sys.stdout.flush()
     total_failed = sum(s.failed for s in stats.values())
     if engine.fatal is not None:
         raise engine.fatal
@@ -573,7 +645,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
 
 def verify(settings: Settings, request: Request, as_json: bool) -> None:
     """Check the destination against the source; raises VerifyGaps (exit 1) when it lacks anything."""
-    asyncio.run(_verify(settings, request, as_json))
+    asyncio.run(_verify(settings, resolve_since(settings, request), as_json))
 
 
 async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
@@ -619,6 +691,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
                         job, (src, dst) = other, found  # where an older Mastodon wrote it
             except (StorageError, EndpointDown) as exc:
                 s.failed += 1
+                s.done(0, job.obj.estimate)
                 finding(job, "error", str(exc), None, None)
                 if isinstance(exc, EndpointDown):
                     raise  # the run stops
@@ -636,6 +709,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
             else:
                 s.ok += 1
                 s.bytes += src.size
+            s.done(src.size if src is not None else 0, job.obj.estimate)
             job.progress.finish(job.obj.id, True)
 
         engine = Engine(settings, prepared.db, request, prepared.queries, {}, progress, stats, check, display,

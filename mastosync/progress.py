@@ -15,12 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from mastosync.config import format_size
@@ -32,7 +32,8 @@ class Stats:
 
     name: str
     records_total: int | None = None
-    bytes_total: int | None = None  # of originals, from the database
+    objects_total: int | None = None  # from the database, before the copy starts
+    bytes_total: int | None = None  # the same: originals' sizes known, derived styles estimated
     records: int = 0
     copied: int = 0
     skipped: int = 0
@@ -48,6 +49,44 @@ class Stats:
     ok: int = 0
     absent: int = 0
     different: int = 0
+    # Bytes of the objects done (copied, skipped, checked: their real size; missing: none),
+    # and what the totals had estimated for them: the total is corrected as objects finish.
+    bytes_done: int = 0
+    estimated_done: int = 0
+
+    def done(self, size: int, estimate: int) -> None:
+        """An object is done; `size` its real size (0 when missing), `estimate` the total's guess."""
+        self.bytes_done += size
+        self.estimated_done += estimate
+
+    @property
+    def bytes_expected(self) -> int | None:
+        """bytes_total, with the estimates of finished objects replaced by their real sizes."""
+        if self.bytes_total is None:
+            return None
+        return max(self.bytes_done, self.bytes_total - self.estimated_done + self.bytes_done)
+
+    @property
+    def fraction(self) -> float | None:
+        """How much is done, by objects and by bytes equally (None before the totals are known)."""
+        expected = self.bytes_expected
+        if not self.objects_total or expected is None:
+            return None if self.objects_total is None else 1.0
+        by_objects = min(1.0, self.objects / self.objects_total)
+        by_bytes = min(1.0, self.bytes_done / expected) if expected else by_objects
+        return (by_objects + by_bytes) / 2
+
+    def to_json(self) -> dict[str, Any]:
+        """The counters, for --json and --log-file."""
+        fields = ("records", "copied", "skipped", "missing", "failed", "ok", "absent", "different", "bytes",
+                  "retries", "private")
+        out: dict[str, Any] = {name: getattr(self, name) for name in fields}
+        out.update(records_total=self.records_total, objects=self.objects, objects_total=self.objects_total,
+                   bytes_done=self.bytes_done, bytes_expected=self.bytes_expected,
+                   fraction=None if self.fraction is None else round(self.fraction, 4),
+                   seconds=round(self.elapsed, 3), objects_per_second=round(self.objects / self.elapsed, 1),
+                   mib_per_second=round(self.bytes / self.elapsed / MIB, 2), proofs=dict(self.proofs))
+        return out
 
     @property
     def objects(self) -> int:
@@ -57,11 +96,47 @@ class Stats:
     def elapsed(self) -> float:
         return max(1e-6, (self.ended or time.monotonic()) - self.started)
 
-    def eta(self) -> float | None:
-        if not self.records_total or not self.records or self.ended:
+    @property
+    def started_work(self) -> bool:
+        return bool(self.records or self.objects)
+
+
+class RateWindow:
+    """Objects and bytes per second over the last `seconds`, for an ETA that follows the run.
+
+    A run's rate changes (a rerun skips fast, then copies slowly; videos come in bursts):
+    the last half-minute says more about the next than the average since the start.
+    """
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.seconds = seconds
+        self._samples: collections.deque[tuple[float, int, int]] = collections.deque()
+
+    def add(self, now: float, objects: int, size: int) -> None:
+        self._samples.append((now, objects, size))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.seconds:
+            self._samples.popleft()
+
+    def eta(self, stats: Stats) -> float | None:
+        """Seconds left: the slower of objects left at the objects' rate and bytes left at the bytes'."""
+        if stats.ended or len(self._samples) < 2 or stats.objects_total is None:
             return None
-        left = max(0, self.records_total - self.records)
-        return self.elapsed * left / self.records
+        (t0, o0, b0), (t1, o1, b1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < 1.0 or o1 == o0:
+            return None
+        left = [max(0, stats.objects_total - stats.objects) / ((o1 - o0) / (t1 - t0))]
+        expected = stats.bytes_expected
+        if expected is not None and b1 > b0:
+            left.append(max(0, expected - stats.bytes_done) / ((b1 - b0) / (t1 - t0)))
+        return max(left)
+
+
+MIB = 1024 * 1024
+
+
+def summary_json(stats: list[Stats]) -> dict[str, Any]:
+    """The final summary as one JSON-ready object: per type and total."""
+    return {"types": {s.name: s.to_json() for s in stats}, "total": total_of(stats).to_json()}
 
 
 def total_of(stats: list[Stats]) -> Stats:
@@ -72,11 +147,16 @@ def total_of(stats: list[Stats]) -> Stats:
             setattr(total, name, getattr(total, name) + getattr(s, name))
     for s in stats:
         total.proofs.update(s.proofs)
+    for s in stats:
+        total.bytes_done += s.bytes_done
+        total.estimated_done += s.estimated_done
     if all(s.records_total is not None for s in stats):
         total.records_total = sum(s.records_total or 0 for s in stats)
+        total.objects_total = sum(s.objects_total or 0 for s in stats)
         total.bytes_total = sum(s.bytes_total or 0 for s in stats)
+    begun = [s for s in stats if s.started_work] or stats
     if stats:
-        total.started = min(s.started for s in stats)
+        total.started = min(s.started for s in begun)
         ends = [s.ended for s in stats]
         total.ended = max(e for e in ends if e is not None) if all(e is not None for e in ends) else None
     return total
@@ -93,6 +173,14 @@ def _rate(n: float, elapsed: float) -> str:
     return f"{n / elapsed:.1f}"
 
 
+def _mib_per_s(size: float, elapsed: float) -> str:
+    return f"{size / elapsed / MIB:.1f} MiB/s"
+
+
+def _done_of(done: int, total: int | None, formatter=str) -> str:  # type: ignore[no-untyped-def]
+    return formatter(done) if total is None else f"{formatter(done)}/{formatter(total)}"
+
+
 class Display:
     """Live table on a terminal, plain periodic lines otherwise."""
 
@@ -101,6 +189,8 @@ class Display:
         self.stats = stats
         self.interval = interval
         self.mode = mode
+        self.on_tick: Any = None  # called every `interval` while running (the --log-file's progress lines)
+        self.window = RateWindow()
         self.out = out or sys.stdout
         self.live = self.out.isatty() if live is None else live
         # Off a terminal, a wide fixed width: log files should not wrap or truncate cells.
@@ -108,9 +198,9 @@ class Display:
                                force_terminal=self.live or None, no_color=not self.live,
                                width=None if self.live else 160)
         self._bar = Progress(TextColumn("overall"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                             TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                             TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
                              console=self.console)
-        self._task = self._bar.add_task("overall", total=None, rate="")
+        self._task = self._bar.add_task("overall", total=None, rate="", eta="-")
 
     def message(self, text: str) -> None:
         if self.live:
@@ -122,6 +212,21 @@ class Display:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Show progress while the body runs (as a task on the running loop)."""
+        ticker = asyncio.get_running_loop().create_task(self._ticks()) if self.on_tick else None
+        try:
+            with self._showing():
+                yield
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.on_tick()
+
+    @contextlib.contextmanager
+    def _showing(self) -> Iterator[None]:
         if self.live:
             with Live(self._render(), console=self.console, refresh_per_second=4, transient=False) as live:
                 task = asyncio.get_running_loop().create_task(self._refresh_live(live))
@@ -154,37 +259,46 @@ class Display:
         self.out.write(self.plain_line() + "\n")
         self.out.flush()
 
-    def plain_line(self) -> str:
+    def _sample(self) -> Stats:
         total = total_of(self.stats)
+        self.window.add(time.monotonic(), total.objects, total.bytes_done)
+        return total
+
+    def plain_line(self) -> str:
+        total = self._sample()
         parts = []
         for s in self.stats:
-            if s.records or s.objects:
-                parts.append(f"{s.name} {s.records}/{s.records_total if s.records_total is not None else '?'}")
+            if s.started_work:
+                parts.append(f"{s.name} {_done_of(s.objects, s.objects_total)}")
         counts = (f"copied {total.copied} skipped {total.skipped} missing {total.missing} failed {total.failed}"
                   if self.mode == "copy" else
                   f"ok {total.ok} absent {total.absent} different {total.different} missing {total.missing}")
-        return (f"progress: {', '.join(parts) or 'starting'}; {counts}; {format_size(total.bytes)}, "
-                f"{_rate(total.objects, total.elapsed)} obj/s, {format_size(total.bytes / total.elapsed)}/s, "
-                f"ETA {_duration(total.eta())}")
+        fraction = "" if total.fraction is None else f"{total.fraction:.1%} "
+        return (f"progress: {fraction}{', '.join(parts) or 'starting'} objects; {counts}; "
+                f"{_done_of(total.bytes_done, total.bytes_expected, format_size)}, "
+                f"{_rate(total.objects, total.elapsed)} obj/s, {_mib_per_s(total.bytes, total.elapsed)}, "
+                f"ETA {_duration(self.window.eta(total))}")
 
     def _render(self) -> Group:
         table = Table(box=box.SIMPLE_HEAD, expand=False)
         table.add_column("type")
-        table.add_column("records", justify="right")
+        table.add_column("objects", justify="right")
         columns = (("copied", "skipped", "missing", "failed") if self.mode == "copy"
                    else ("ok", "absent", "different", "missing"))
         for c in columns:
             table.add_column(c, justify="right")
         table.add_column("bytes", justify="right")
         table.add_column("obj/s", justify="right")
-        for s in [*self.stats, total_of(self.stats)]:
-            total = f"/{s.records_total}" if s.records_total is not None else ""
-            table.add_row(s.name, f"{s.records}{total}", *(str(getattr(s, c)) for c in columns),
-                          format_size(s.bytes), _rate(s.objects, s.elapsed))
-        overall = total_of(self.stats)
-        if overall.records_total:
-            self._bar.update(self._task, total=overall.records_total, completed=overall.records,
-                             rate=f"{format_size(overall.bytes / overall.elapsed)}/s")
+        overall = self._sample()
+        for s in [*self.stats, overall]:
+            table.add_row(s.name, _done_of(s.objects, s.objects_total), *(str(getattr(s, c)) for c in columns),
+                          _done_of(s.bytes_done, s.bytes_expected, format_size),
+                          _rate(s.objects, s.elapsed) if s.started_work else "-")
+        if overall.fraction is not None:
+            # The bar counts objects and bytes done of the totals; the ETA follows the last 30 s.
+            self._bar.update(self._task, total=1000, completed=round(overall.fraction * 1000),
+                             rate=_mib_per_s(overall.bytes, overall.elapsed),
+                             eta=_duration(self.window.eta(overall)))
         return Group(table, self._bar)
 
     def summary(self, title: str) -> None:
@@ -192,11 +306,13 @@ class Display:
         table = Table(title=title, box=box.SIMPLE_HEAD if self.live else box.ASCII2)
         columns = (("copied", "skipped", "missing", "failed") if self.mode == "copy"
                    else ("ok", "absent", "different", "missing"))
-        for c in ("type", *columns, "retries", "bytes", "duration", "obj/s", "MB/s"):
+        for c in ("type", *columns, "retries", "bytes", "duration", "obj/s", "MiB/s"):
             table.add_column(c, justify="left" if c == "type" else "right")
         for s in [*self.stats, total_of(self.stats)]:
+            began = s.started_work or s.name == "total"
             table.add_row(s.name, *(str(getattr(s, c)) for c in columns), str(s.retries), format_size(s.bytes),
-                          _duration(s.elapsed), _rate(s.objects, s.elapsed), f"{s.bytes / s.elapsed / 1e6:.2f}")
+                          _duration(s.elapsed) if began else "-", _rate(s.objects, s.elapsed) if began else "-",
+                          f"{s.bytes / s.elapsed / MIB:.2f}" if began else "-")
         self.console.print(table)
         total = total_of(self.stats)
         private = total.private

@@ -23,11 +23,13 @@ import asyncpg
 from mastosync.config import DatabaseSettings
 from mastosync.errors import DatabaseError
 from mastosync.layout import (
+    DERIVED_ESTIMATE,
     NOTHING_HIDDEN,
     PRIVATE_IF_HIDDEN,
     REMOTE_ALWAYS,
     REMOTE_IF_DOMAIN,
     REMOTE_NEVER,
+    Attachment,
     Hidden,
     ObjectType,
 )
@@ -164,7 +166,8 @@ class Query:
 
     select: str  # SELECT … FROM … WHERE …  (without the id-window and order)
     args: tuple[Any, ...]
-    size_sum: str  # SQL expression: bytes of a row's originals
+    objects_sum: str  # SQL expression: how many objects a row stands for
+    bytes_sum: str  # SQL expression: bytes of those objects (originals known, derived styles estimated)
 
     def window(self, after_id: int | None) -> tuple[str, tuple[Any, ...]]:
         """Rows after `after_id`, in id order."""
@@ -190,6 +193,8 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
         wanted.append("updated_at")  # layout.updated_since reads it too
     has_file: list[str] = []
     args: list[Any] = []
+    counts: list[str] = []
+    sizes: list[str] = []
     for att in object_type.attachments:
         if att.file_name not in columns:
             continue
@@ -202,6 +207,10 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
             args.append(filters.since)
             condition += f" AND ({since})"
         has_file.append(f"({condition})")
+        derived = _derived_count(att, columns)
+        size = f"coalesce({_quote(att.file_size)}, 0)" if att.file_size in columns else "0"
+        counts.append(f"CASE WHEN {condition} THEN 1 + {derived} ELSE 0 END")
+        sizes.append(f"CASE WHEN {condition} THEN {size} + least({size}, {DERIVED_ESTIMATE}) * {derived} ELSE 0 END")
     if not has_file:
         return None
     where = [" OR ".join(has_file)]
@@ -219,8 +228,16 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     )
     if filters.limit is not None:
         select += f" ORDER BY id LIMIT {int(filters.limit)}"
-    sizes = [f"coalesce({a.file_size}, 0)" for a in object_type.attachments if a.file_size in columns]
-    return Query(select, tuple(args), " + ".join(sizes) or "0")
+    return Query(select, tuple(args), " + ".join(counts), " + ".join(sizes))
+
+
+def _derived_count(att: Attachment, columns: set[str]) -> str:
+    """SQL: how many derived styles a row's attachment has (layout's rule, by the same column)."""
+    if att.styles_by not in columns or not att.derived:
+        return str(len(att.derived_default))
+    cases = " ".join(f"WHEN '{value.replace(chr(39), chr(39) * 2)}' THEN {len(styles)}"
+                     for value, styles in att.derived.items())
+    return f"(CASE {_quote(att.styles_by)} {cases} ELSE {len(att.derived_default)} END)"
 
 
 def _updated_since(updated_at: str, schema_version: str, columns: set[str], param: str) -> str | None:
@@ -274,12 +291,14 @@ async def hidden(db: Database, types: tuple[ObjectType, ...]) -> Hidden:
     return Hidden(await ids("accounts", "suspended_at"), await ids("statuses", "deleted_at"))
 
 
-async def totals(db: Database, query: Query, after_id: int | None = None) -> tuple[int, int]:
-    """(records, bytes of originals) still to read, for progress and ETA."""
+async def totals(db: Database, query: Query, after_id: int | None = None) -> tuple[int, int, int]:
+    """(records, objects, bytes) still to go, for progress and ETA; the bytes of derived
+    styles are estimated (layout.DERIVED_ESTIMATE), the database knows only the originals'."""
     sql, args = query.window(after_id)
-    sql = f"SELECT count(*), coalesce(sum({query.size_sum}), 0)::bigint FROM ({sql}) AS t"
+    sql = (f"SELECT count(*), coalesce(sum({query.objects_sum}), 0)::bigint, "
+           f"coalesce(sum({query.bytes_sum}), 0)::bigint FROM ({sql}) AS t")
     row = await db.with_retry(lambda conn: conn.fetchrow(sql, *args))
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 async def stream(

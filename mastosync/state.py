@@ -29,6 +29,9 @@ from mastosync.redact import redact
 VERSION = 1
 
 
+SO_FAR = ("copied", "skipped", "missing", "bytes")
+
+
 @dataclass
 class TypeProgress:
     """Tracks which records of one type are finished, for the resume mark."""
@@ -36,6 +39,7 @@ class TypeProgress:
     done_through: int | None = None
     failed_ids: set[int] = field(default_factory=set)
     retrying: set[int] = field(default_factory=set)  # ids re-read from failed_ids this run
+    earlier: dict[str, int] = field(default_factory=dict)  # counters of the earlier runs being resumed
     _open: OrderedDict[int, list[Any]] = field(default_factory=OrderedDict)  # id → [left, failed]
 
     def begin(self, record_id: int, objects: int) -> None:
@@ -84,6 +88,9 @@ class ResumeState:
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(settings.sync.state_dir) / f"resume-{digest}.json"
         self.types: dict[str, TypeProgress] = {}
+        # This run's counters per type (copied, skipped, missing, bytes), added to the earlier
+        # runs' in the file: a resumed run can say what the whole migration has done.
+        self.counters: Any = lambda name: {}
         # Multipart uploads started and not yet completed or aborted: (key, upload id).
         # Written when one starts, so that after a crash the next run aborts what was left.
         self.open_uploads: set[tuple[str, str]] = set()
@@ -105,7 +112,8 @@ class ResumeState:
             entry = saved.get(name) or {}
             if entry.get("complete"):
                 entry = {}  # a finished run is not resumed: the next run checks everything again
-            self.types[name] = TypeProgress(entry.get("done_through"), set(entry.get("failed_ids", [])))
+            self.types[name] = TypeProgress(entry.get("done_through"), set(entry.get("failed_ids", [])),
+                                            earlier={k: int(v) for k, v in entry.get("so_far", {}).items()})
         return self.types
 
     def save(self, complete: dict[str, bool] | None = None, every: float = 0.0) -> None:
@@ -117,6 +125,9 @@ class ResumeState:
         types = {}
         for name, progress in self.types.items():
             types[name] = progress.to_json()
+            counters = self.counters(name)
+            types[name]["so_far"] = {k: progress.earlier.get(k, 0) + counters.get(k, 0)
+                                     for k in (*SO_FAR, *progress.earlier)}
             if complete and complete.get(name) and not progress.failed_ids:
                 types[name]["complete"] = True
         payload = {"version": VERSION, "identity": self.identity, "types": types,
@@ -138,6 +149,50 @@ class ResumeState:
 
     def upload_ended(self, key: str, upload_id: str) -> None:
         self.open_uploads.discard((key, upload_id))
+
+
+def selection(settings: Settings) -> dict[str, Any]:
+    """What makes two runs the same migration: both places and include_remote (not --since)."""
+    src, dst = settings.source, settings.destination
+    return {"source": [src.endpoint, src.bucket, src.key_prefix],
+            "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
+            "include_remote": settings.sync.include_remote}
+
+
+class RunHistory:
+    """Every run's start, end and outcome, one JSON line each in state_dir/runs.jsonl.
+
+    `run --since last` takes the start of the last run of the same migration that
+    completed and covered the same types: everything written since then is what the
+    cut-over catch-up must copy.
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = Path(state_dir) / "runs.jsonl"
+
+    def record(self, settings: Settings, types: tuple[str, ...], started: datetime, ended: datetime,
+               since: datetime | None, complete: bool) -> None:
+        entry = {"selection": selection(settings), "types": list(types), "started": started.isoformat(),
+                 "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def last_complete_start(self, settings: Settings, types: tuple[str, ...]) -> datetime | None:
+        """Start (naive UTC) of the latest completed run of this migration covering `types`."""
+        if not self.path.exists():
+            return None
+        wanted = selection(settings)
+        found: datetime | None = None
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            if entry.get("complete") and entry.get("selection") == wanted and set(types) <= set(entry["types"]):
+                started = datetime.fromisoformat(entry["started"])
+                found = started if found is None else max(found, started)
+        return found
 
 
 class RunLock:
@@ -175,16 +230,37 @@ class RunLock:
             self._fd = None
 
 
+class EventLog:
+    """--log-file: one JSON object per line for every failed or missing object, retry, progress
+    tick and the summary, flushed as written, so that `tail -f | jq` follows a long run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def event(self, kind: str, **fields: Any) -> None:
+        entry = {"time": datetime.now().astimezone().isoformat(timespec="milliseconds"), "event": kind, **fields}
+        self._file.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class Report:
     """One JSON line per failed or missing object, written as they happen."""
 
-    def __init__(self, state_dir: str, command: str) -> None:
+    def __init__(self, state_dir: str, command: str, events: EventLog | None = None) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.path = Path(state_dir) / f"report-{command}-{stamp}-{os.getpid()}.jsonl"
+        self.path = Path(state_dir).resolve() / f"report-{command}-{stamp}-{os.getpid()}.jsonl"
         self._file: IO[str] | None = None
         self.lines = 0
+        self.events = events  # each entry is also an event of the --log-file
 
     def write(self, entry: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.event("object", **entry)
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")

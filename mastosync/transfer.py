@@ -83,6 +83,7 @@ class Outcome:
     attempts: int = 1
     error: str | None = None
     proof: str | None = None  # for COPIED: one of the PROOF_* values
+    size: int = 0  # the object's size when known (copied: the bytes moved; skipped: the source's)
     note: str | None = None  # something worth recording about a success (why the proof is weak)
 
 
@@ -219,6 +220,7 @@ class Copier:
     policy: RetryPolicy
     budget: MemoryBudget
     server_side: bool = False
+    on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
 
     async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
                    private: bool = False) -> Outcome:
@@ -243,6 +245,7 @@ class Copier:
                 failures += 1
                 if failures > self.policy.retries:
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures))
             except Transient as exc:
                 # Being throttled is the provider pacing us, not the object failing: it has a
@@ -251,6 +254,7 @@ class Copier:
                 failures += not exc.throttled
                 if failures > self.policy.retries or throttles > 4 * self.policy.retries + 8:
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled, exc.retry_after))
             except NotFound as exc:
                 # Not the source (that is SourceMissing): a destination upload that vanished,
@@ -258,9 +262,14 @@ class Copier:
                 failures += 1
                 if failures > self.policy.retries:
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures))
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
+
+    def _retrying(self, key: str, attempt: int, error: Exception) -> None:
+        if self.on_retry is not None:
+            self.on_retry(key, attempt, str(error))
 
     async def _copy_once(self, source_key: str, destination_key: str, known: Known, private: bool,
                          mismatched: str | None) -> Outcome:
@@ -275,7 +284,7 @@ class Copier:
         if destination_size != ABSENT:
             source_size = source_size if source_size is not None else await self._source_size(source_key)
             if source_size == destination_size:
-                return Outcome(SKIPPED)
+                return Outcome(SKIPPED, size=source_size)
         if self.server_side:
             return await self._server_side(source_key, destination_key, source_size, private)
         try:
@@ -290,7 +299,7 @@ class Copier:
                 proof, note = await self._multipart(body, head, destination_key, extra, mismatched)
         finally:
             body.close()
-        return Outcome(COPIED, head.size, proof=proof, note=note)
+        return Outcome(COPIED, head.size, proof=proof, note=note, size=head.size)
 
     async def _source_size(self, source_key: str) -> int:
         source = await self.source.head(source_key)
@@ -317,7 +326,7 @@ class Copier:
             if exc.code == "NoSuchKey":  # of the copy source
                 raise SourceMissing(source_key) from None
             raise
-        return Outcome(COPIED, size, proof=PROOF_SERVER)
+        return Outcome(COPIED, size, proof=PROOF_SERVER, size=size)
 
     async def _copy_in_parts(self, source_key: str, key: str, head: Head, private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""

@@ -32,8 +32,23 @@ def test_minimal_config_has_spec_defaults(tmp_path: Path) -> None:
     assert s.destination.acl == "public-read" and s.destination.storage_class == ""
     assert s.sync.concurrency == 32 and s.sync.include_remote is True
     assert s.sync.multipart_threshold == 16 * 1024 * 1024 and s.sync.part_size == 8 * 1024 * 1024
-    assert s.sync.state_dir == ".mastosync"
+    # Relative to the configuration file's folder, not to where mastosync was started.
+    assert s.sync.state_dir == str(tmp_path.resolve() / ".mastosync")
     assert s.source.addressing_style == "path"
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc" / "mastosync"
+    folder.mkdir(parents=True)
+    (folder / "ca.pem").write_text("not read here")
+    path = write(folder, MINIMAL.replace("[source]", '[source]\nca_bundle = "ca.pem"', 1)
+                 + '[ssh]\nkey_file = "keys/id"\n[sync]\nstate_dir = "state"\n')
+    s = config.load(path, environ={})
+    assert s.ssh.key_file == str(folder.resolve() / "keys" / "id")
+    assert s.sync.state_dir == str(folder.resolve() / "state")
+    assert s.source.ca_bundle == str(folder.resolve() / "ca.pem")
+    absolute = config.load(path, environ={"MASTOSYNC_SYNC_STATE_DIR": "/var/lib/mastosync"})
+    assert absolute.sync.state_dir == "/var/lib/mastosync"
 
 
 def test_sample_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
@@ -189,3 +204,19 @@ def test_usage_errors_exit_2() -> None:
     assert bad_type.returncode == 2 and "statuses" in bad_type.stderr
     bad_since = run_cli("dry-run", "--since", "yesterday-ish")
     assert bad_since.returncode == 2 and "ISO-8601" in bad_since.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_option_before_or_after_the_command(tmp_path: Path, where: str) -> None:
+    """`mastosync --config PATH run` (as in a systemd unit) reads the same file as `run --config PATH`."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = write(tmp_path, MINIMAL + "[sync]\nno_such_key = 1\n")
+    argv = ["--config", str(path), "dry-run"] if where == "before" else ["dry-run", "--config", str(path)]
+    result = subprocess.run([sys.executable, "-m", "mastosync", *argv], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "sync.no_such_key: unknown key" in result.stderr

@@ -88,7 +88,7 @@ async def test_window_reopen_hands_out_every_row_once(mastodon_db: MastodonDb) -
     assert ids == list(range(1, 501))
     resumed = [r["id"] async for r in records.stream(database, query, after_id=450)]
     assert resumed == list(range(451, 501))
-    assert await records.totals(database, query) == (500, 0)
+    assert await records.totals(database, query) == (500, 500, 0)  # audio: one object each, no size known
     assert (await records.totals(database, query, after_id=450))[0] == 50
     await database.close()
 
@@ -160,6 +160,8 @@ async def test_dry_run_json_lists_every_object(tmp_path: Path, mastodon_db: Mast
     result = run_cli("dry-run", "--json", config=dry_config(tmp_path, mastodon_db, key_prefix="dst"))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
+    # The totals, from the database alone, on stderr: stdout stays the plan.
+    assert result.stderr.startswith(f"dry-run: {len(inst.objects)} objects, about "), result.stderr
     assert {line["source_key"] for line in lines} == {f"src-prefix/{k}" for k in inst.computed()}
     assert {line["destination_key"] for line in lines} == {f"dst/{k}" for k in inst.computed()}
     assert len(lines) == len(inst.objects)
@@ -211,3 +213,26 @@ async def test_dry_run_unreachable_database_is_one_line(tmp_path: Path, mastodon
     closed = run_cli("dry-run", config=config, env={"MASTOSYNC_DATABASE_PORT": str(free_port())})
     assert closed.returncode == 2 and "cannot connect" in closed.stderr
     assert "Traceback" not in closed.stderr + wrong.stderr
+
+
+@pytest.mark.parametrize("shape", ["4.6", "4.2"])
+async def test_totals_count_every_object_before_the_copy(postgres, shape: str) -> None:
+    """Objects per type from SQL alone equal the objects the layout expands the rows into."""
+    db = await make_db(postgres, shape)
+    inst = instance.build(shape)
+    for table, rows in inst.rows.items():
+        await db.insert(table, rows)
+    database = records.Database(settings_for(db))
+    try:
+        for name in layout.TYPE_NAMES:
+            query = await records.query_for(database, layout.TYPES[name], records.Filters())
+            expected = [o for o in inst.computed().values() if o.type == name]
+            if query is None:
+                assert not expected
+                continue
+            count, objects, size = await records.totals(database, query)
+            assert objects == len(expected), name
+            found = await read_objects(db, records.Filters(), types=(name,))
+            assert size == sum(o.estimate for o in found), name  # originals' sizes, derived styles estimated
+    finally:
+        await database.close()

@@ -71,6 +71,9 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
         resumed = run_cli("run", config=config)
         assert resumed.returncode == 0, resumed.stderr
         assert "resuming" in resumed.stdout
+        # The summary tells this run's counts and the whole migration's, earlier runs included.
+        assert (f"whole migration so far (this run and the earlier ones it resumed): {len(objects)} copied "
+                f"({len(first_run)} earlier)") in resumed.stdout, resumed.stdout
         second_run = set(proxy.counters.stored)
         assert first_run.isdisjoint(second_run), "objects finished before the interrupt were uploaded again"
         assert moto.keys(dst) == set(objects)

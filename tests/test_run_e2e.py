@@ -201,3 +201,96 @@ async def test_unreachable_services_fail_up_front(tmp_path: Path, mastodon_db: M
         for secret in secrets:
             assert secret not in result.stderr + result.stdout, name
     assert rclone.keys(dst) == set()  # nothing was copied before the failure was found
+
+
+async def test_since_last_catches_up_after_the_cut_over(tmp_path: Path, mastodon_db: MastodonDb,
+                                                         moto: S3Server) -> None:
+    """The bulk run records its start; `run --since last` copies what was written after it."""
+    from datetime import UTC
+
+    p = FaultProxy(moto.port).start()
+    try:
+        inst, src, dst, config = await setup(tmp_path, mastodon_db, moto, p, video=100_000)
+        refused = run_cli("run", "--since", "last", config=config)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+        assert "no completed run" in refused.stderr
+        bulk = run_cli("run", "--all", config=config)
+        assert bulk.returncode == 0, bulk.stderr
+        started = re.search(r"started (\S+ \S+) UTC \(after switching Mastodon over", bulk.stdout)
+        assert started, bulk.stdout
+        # Written after the bulk run started: a new post's media (a row timestamped now).
+        now = datetime.now(UTC).replace(tzinfo=None)
+        key = "media_attachments/files/999/000/000/000/000/001/original/new.png"
+        await mastodon_db.insert("media_attachments", [{
+            "id": 999000000000000001, "file_file_name": "new.png", "file_content_type": "image/png",
+            "file_file_size": 10, "file_updated_at": now, "file_storage_schema_version": 1, "updated_at": now}])
+        moto.put(src, key, b"0123456789", "image/png")
+        moto.put(src, key.replace("original", "small"), b"01234", "image/png")
+        p.reset_counters()
+        catch_up = run_cli("run", "--since", "last", config=config)
+        assert catch_up.returncode == 0, catch_up.stderr
+        assert p.count("PutObject") == 2  # only the new post's two objects
+        assert moto.get(dst, key)[0] == b"0123456789"
+        history = [json.loads(line) for line in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
+        assert [h["complete"] for h in history] == [True, True]
+        assert history[1]["since"] == history[0]["started"]
+    finally:
+        p.stop()
+
+
+async def test_json_summary_and_event_log(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """`run --json` prints only the summary on stdout; --log-file has every event, one JSON per line."""
+    p = FaultProxy(moto.port).start()
+    try:
+        inst, src, dst, config = await setup(tmp_path, mastodon_db, moto, p, video=100_000,
+                                             extra={"sync": {"progress_interval": 0.1}})
+        p.set_faults(internal=0.2, only_ops=("PutObject",))  # some retries to log
+        log = tmp_path / "logs" / "run.jsonl"
+        result = run_cli("run", "--json", "--log-file", str(log), config=config)
+    finally:
+        p.stop()
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()  # nothing else on stdout
+    summary = json.loads(line)
+    present, missing = inst.expected(present=True), inst.expected(present=False)
+    assert summary["total"]["copied"] == len(present) and summary["total"]["missing"] == len(missing)
+    assert summary["complete"] is True and Path(summary["report"]).is_absolute()
+    assert summary["types"]["backups"]["private"] == 1
+    assert "progress:" in result.stderr  # the progress lines went to stderr
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "summary" and "progress" in kinds and "retry" in kinds
+    assert {e["destination_key"] for e in events if e["event"] == "object"} == set(missing)
+    assert events[-1]["total"] == summary["total"]
+
+
+async def test_progress_tracks_objects_and_bytes_copied(tmp_path: Path, mastodon_db: MastodonDb,
+                                                        moto: S3Server) -> None:
+    """A run made to last a few seconds: at every progress tick the fraction is objects and
+    bytes done against totals known from the database before the first copy, it only grows,
+    and at the end the totals are exact (the bytes' estimate corrected by real sizes)."""
+    p = FaultProxy(moto.port).start()
+    try:
+        inst, src, dst, config = await setup(tmp_path, mastodon_db, moto, p, video=6 * 2**20,
+                                             extra={"sync": {"progress_interval": 0.2, "concurrency": 2}})
+        p.set_faults(latency=0.05)
+        log = tmp_path / "run.jsonl"
+        result = run_cli("run", "--log-file", str(log), config=config)
+    finally:
+        p.stop()
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    ticks = [e for e in events if e["event"] == "progress"]
+    final = events[-1]["total"]
+    objects = len(inst.objects)
+    assert len(ticks) >= 5, len(ticks)
+    assert all(t["objects_total"] == objects for t in ticks)  # known before the first copy
+    fractions = [t["fraction"] for t in ticks]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] < fractions[-1] <= 1
+    for t in ticks:  # half objects done, half bytes done of the (corrected) expected bytes
+        expected = (t["objects"] / t["objects_total"] + t["bytes_done"] / t["bytes_expected"]) / 2
+        assert abs(t["fraction"] - expected) < 1e-3
+    present = sum(o.size for o in inst.expected(present=True).values())
+    assert final["objects"] == objects and final["fraction"] == 1.0
+    assert final["bytes_done"] == final["bytes_expected"] == present
+    assert "ETA" in result.stdout and "MiB/s" in result.stdout
