@@ -246,6 +246,66 @@ def verify(
     )
 
 
+@cli.command("init")
+@click.option("--from-env", "env_path", required=True, metavar="PATH",
+              help="Mastodon's .env.production (on this machine, or on the SSH host with --over-ssh).")
+@click.option("--over-ssh", is_flag=True,
+              help="Read PATH on the [ssh] host of the configuration given with --config (over SFTP).")
+@click.option("--output", default=config.DEFAULT_PATH, metavar="PATH", show_default=True,
+              help="Where to write the configuration; an existing file is never overwritten.")
+@config_option
+def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) -> None:
+    """Write a configuration from Mastodon's .env.production.
+
+    [database] and [source] come from DB_* and S3_*; [destination] is left to fill in.
+    Secrets (DB_PASS, the AWS keys) are not written: the MASTOSYNC_* variables to set
+    instead are listed, by name.
+    """
+    import asyncio
+    from pathlib import Path
+
+    from mastosync import init as init_config
+    from mastosync.errors import UsageError
+
+    target = Path(output).expanduser()
+    if target.exists():
+        raise UsageError(f"{target.resolve()} exists; not overwriting it (give --output another path)")
+    if over_ssh:
+        from mastosync.config import DatabaseSettings
+        from mastosync.tunnel import Tunnel
+
+        if config_path is None:
+            config_path = click.get_current_context().find_root().params.get("config_path")
+        ssh = config.load_ssh(config.config_path(config_path))
+        redact.add([v for v in (ssh.password, ssh.passphrase) if v])
+        raw = asyncio.run(Tunnel(ssh, DatabaseSettings()).read_file(env_path))
+    else:
+        try:
+            raw = Path(env_path).expanduser().read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {env_path}: {exc.strerror}") from None
+    text, to_set = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), env_path)
+    target.write_text(text)
+    click.echo(f"wrote {target.resolve()}: fill in [destination], then set these variables (the values are "
+               "in the env file):")
+    for name in to_set:
+        click.echo(f"  {name}")
+
+
+@cli.command("cutover")
+@config_option
+def cutover_command(config_path: str | None) -> None:
+    """Print what to change to switch Mastodon to the destination bucket.
+
+    The .env.production lines, the Content-Security-Policy step a week ahead, and an
+    nginx snippet that serves old /system/ URLs from the new bucket. Also printed after a
+    `verify --all` that found the destination complete. Connects to nothing.
+    """
+    from mastosync import cutover
+
+    click.echo(cutover.instructions(_load(config_path)), nl=False)
+
+
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())

@@ -209,6 +209,19 @@ def load(path: Path, environ: typing.Mapping[str, str] | None = None) -> Setting
     return settings
 
 
+def load_ssh(path: Path, environ: typing.Mapping[str, str] | None = None) -> SshSettings:
+    """Only the [ssh] section of a configuration (for `init --over-ssh`, before the rest exists)."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(None, f"cannot read {path}: {exc}") from None
+    ssh = _section("ssh", SshSettings, raw.get("ssh", {}), environ, path.expanduser().resolve().parent)
+    if not ssh.host or not ssh.user:
+        raise ConfigError("ssh", f"--over-ssh needs ssh.host and ssh.user (in {path} or MASTOSYNC_SSH_*)")
+    return typing.cast(SshSettings, ssh)
+
+
 def _env_keys(section: str, cls: type, environ: typing.Mapping[str, str]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if _env_name(section, f.name) in environ]
 

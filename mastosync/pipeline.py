@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from mastosync import layout, records
+from mastosync import cutover, layout, records
 from mastosync.config import Settings, format_size
 from mastosync.errors import (
     EndpointDown,
@@ -308,6 +308,9 @@ class Engine:
         finally:
             producer.cancel()
             stopper.cancel()
+            # Wait for the producer to end before the database closes under it (it would
+            # take the closed connection for a lost one and say so).
+            await asyncio.gather(producer, return_exceptions=True)
             await self._wind_down(workers)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -549,7 +552,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
         )
         if events is not None:
-            copier.on_retry = lambda key, attempt, error: events.event("retry", source_key=key, attempt=attempt,
+            copier.on_retry = lambda key, attempt, error: events.event("retry", key=key, attempt=attempt,
                                                                         error=error)
 
         async def copy_one(job: Job) -> Outcome:
@@ -577,7 +580,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             except EndpointDown as exc:  # the run stops; this object is one of those it leaves failed
                 fatal, outcome = exc, Outcome(FAILED, 0, 1, str(exc))
             s = job.stats
-            s.retries += outcome.attempts - 1
+            s.retries += outcome.retries
             s.done(outcome.size, job.obj.estimate)
             if outcome.status == COPIED:
                 s.copied += 1
@@ -721,3 +724,6 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
     if gaps:
         raise VerifyGaps(f"the destination is incomplete: {gaps} objects absent, different or unreadable; "
                          f"see {report.path}")
+    if set(request.types) == set(layout.TYPE_NAMES) and request.limit is None and request.since is None:
+        # Everything checked and complete: what to change next.
+        (sys.stderr if as_json else sys.stdout).write("\n" + cutover.instructions(settings))

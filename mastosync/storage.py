@@ -200,17 +200,20 @@ class RetryPolicy:
     cap: float = 20.0
 
     def delay(self, attempt: int, throttled: bool = False, retry_after: float | None = None) -> float:
-        # Throttling means the provider wants fewer requests: start the backoff higher.
-        base = self.base * (5 if throttled else 1)
-        jittered = random.uniform(0, min(self.cap, base * 2 ** min(attempt, 16)))
+        # Throttling is answered by the pacer, which lowers the requests in flight for the
+        # whole endpoint; a throttled request itself is retried like any other, soon: one
+        # SlowDown in ten must not make every object wait seconds.
+        jittered = random.uniform(0, min(self.cap, self.base * 2 ** min(attempt - 1, 16)))
         # A server that says when to come back is believed (capped in _retry_after).
         return max(jittered, retry_after or 0.0)
 
-    async def call(self, fn: Callable[[], Awaitable[T]], retry_unreachable: bool = True) -> T:
+    async def call(self, fn: Callable[[], Awaitable[T]], retry_unreachable: bool = True,
+                   on_retry: Callable[[int, Exception], None] | None = None) -> T:
         """Call `fn`, retrying Transient errors with backoff; other errors pass through.
 
         With retry_unreachable=False, "cannot connect" is not retried (checks before a run:
-        a wrong endpoint should fail at once, not after the backoff).
+        a wrong endpoint should fail at once, not after the backoff). `on_retry` hears of
+        each retry (attempt, error) before its wait.
         """
         attempt = 0
         while True:
@@ -220,6 +223,8 @@ class RetryPolicy:
             except Transient as exc:
                 if attempt > self.retries or (exc.unreachable and not retry_unreachable):
                     raise
+                if on_retry is not None:
+                    on_retry(attempt, exc)
                 await asyncio.sleep(self.delay(attempt, exc.throttled, exc.retry_after))
 
 

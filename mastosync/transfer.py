@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import ctypes
 import dataclasses
 import hashlib
@@ -84,7 +85,12 @@ class Outcome:
     error: str | None = None
     proof: str | None = None  # for COPIED: one of the PROOF_* values
     size: int = 0  # the object's size when known (copied: the bytes moved; skipped: the source's)
+    retries: int = 0  # requests retried for it, whole copies and single requests alike
     note: str | None = None  # something worth recording about a success (why the proof is weak)
+
+
+# The retries of the copy running in this task (a copy is one task's work at a time).
+_RETRIES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mastosync_retries", default=None)
 
 
 class SourceMissing(StorageError):
@@ -226,6 +232,17 @@ class Copier:
                    private: bool = False) -> Outcome:
         """Copy one object. `known` holds sizes already learnt by listing, saving HEADs;
         `private` objects are never written with the configured (public) ACL."""
+        counter = [0]  # every retry of this copy, the parts' and PUTs' retried in place included
+        token = _RETRIES.set(counter)
+        try:
+            outcome = await self._copy(source_key, destination_key, known, private)
+        finally:
+            _RETRIES.reset(token)
+        outcome.retries = counter[0]
+        return outcome
+
+    async def _copy(self, source_key: str, destination_key: str, known: Known | None,
+                    private: bool) -> Outcome:
         attempt = failures = throttles = 0
         mismatched: str | None = None  # the MD5 of a read whose ETag did not match
         while True:
@@ -268,6 +285,9 @@ class Copier:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
     def _retrying(self, key: str, attempt: int, error: Exception) -> None:
+        counter = _RETRIES.get()
+        if counter is not None:
+            counter[0] += 1
         if self.on_retry is not None:
             self.on_retry(key, attempt, str(error))
 
@@ -358,7 +378,7 @@ class Copier:
                 else:
                     raise ContentMismatch(f"GET {key}: the bytes read do not have the source's MD5 "
                                           f"(ETag {head.md5}, read {digest.hex()})", digest.hex())
-            await self.destination.put(key, data, base64.b64encode(digest).decode(), extra)
+            await self._put(key, data, base64.b64encode(digest).decode(), extra)
             return proof, note
         finally:
             await self.budget.release(held)
@@ -400,8 +420,15 @@ class Copier:
             return PROOF_MULTIPART, None
         return PROOF_TRANSFER, "the source's multipart ETag could not be recomputed (part size unknown)"
 
+    async def _put(self, key: str, data: bytearray, md5: str, extra: dict[str, Any]) -> None:
+        """The PUT of a body in hand, retried alone (a few times): a fresh GET only if that fails."""
+        policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
+        await policy.call(lambda: self.destination.put(key, data, md5, extra),
+                          on_retry=lambda attempt, error: self._retrying(key, attempt, error))
+
     async def _part(self, key: str, upload_id: str, number: int, data: bytearray, digest: bytes) -> str:
         """Upload one part, retrying it alone (a few times): its bytes are in hand, the GET stays open."""
         policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
         md5 = base64.b64encode(digest).decode()
-        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5))
+        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5),
+                                 on_retry=lambda attempt, error: self._retrying(key, attempt, error))

@@ -86,6 +86,43 @@ class Tunnel:
 
     async def _open(self) -> None:
         await self.close()
+        conn, client = await self._connect()
+        db = self.database
+        try:
+            # Probe once: a server that forbids forwarding says so here, not as a puzzling
+            # database error later.
+            _, writer = await conn.open_connection(db.host, db.port)
+            writer.close()
+            listener = await conn.forward_local_port("127.0.0.1", 0, db.host, db.port)
+        except asyncssh.ChannelOpenError as exc:
+            conn.close()
+            raise TunnelError(
+                f"SSH {self.where}: the server refused to forward to {db.host}:{db.port} ({exc.reason}); "
+                "check AllowTcpForwarding and database.host as seen from the SSH server"
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise TunnelError(f"SSH {self.where}: port forward failed: {exc}") from None
+        self._conn, self._client, self._listener = conn, client, listener
+        self.connects += 1
+        if self.connects > 1:
+            log.warning("SSH tunnel re-established (%d connections so far)", self.connects)
+
+    async def read_file(self, path: str, limit: int = 1 << 20) -> bytes:
+        """A file of the SSH host, read over SFTP on a connection of its own (no forward)."""
+        conn, _ = await self._connect()
+        try:
+            async with conn.start_sftp_client() as sftp, sftp.open(path, "rb") as f:
+                return bytes(await f.read(limit))
+        except asyncssh.SFTPError as exc:
+            raise TunnelError(f"SSH {self.where}: cannot read {path}: {exc.reason}") from None
+        except asyncssh.Error as exc:
+            raise TunnelError(f"SSH {self.where}: SFTP failed: {exc}") from None
+        finally:
+            conn.close()
+
+    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """An SSH connection, with every failure turned into one clear TunnelError."""
         s = self.ssh
         options: dict[str, Any] = {
             "username": s.user,
@@ -118,26 +155,7 @@ class Tunnel:
             raise TunnelError(f"SSH {s.host}:{s.port}: cannot connect: {reason}") from None
         except asyncssh.Error as exc:
             raise TunnelError(f"SSH {s.host}:{s.port}: {exc.reason}") from None
-        db = self.database
-        try:
-            # Probe once: a server that forbids forwarding says so here, not as a puzzling
-            # database error later.
-            _, writer = await conn.open_connection(db.host, db.port)
-            writer.close()
-            listener = await conn.forward_local_port("127.0.0.1", 0, db.host, db.port)
-        except asyncssh.ChannelOpenError as exc:
-            conn.close()
-            raise TunnelError(
-                f"SSH {self.where}: the server refused to forward to {db.host}:{db.port} ({exc.reason}); "
-                "check AllowTcpForwarding and database.host as seen from the SSH server"
-            ) from None
-        except (OSError, asyncssh.Error) as exc:
-            conn.close()
-            raise TunnelError(f"SSH {self.where}: port forward failed: {exc}") from None
-        self._conn, self._client, self._listener = conn, client, listener
-        self.connects += 1
-        if self.connects > 1:
-            log.warning("SSH tunnel re-established (%d connections so far)", self.connects)
+        return conn, client
 
     def _known_hosts(self) -> Any:
         path = self.ssh.known_hosts

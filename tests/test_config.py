@@ -220,3 +220,28 @@ def test_config_option_before_or_after_the_command(tmp_path: Path, where: str) -
                             timeout=60)
     assert result.returncode == 2
     assert "sync.no_such_key: unknown key" in result.stderr
+
+
+def test_cutover_prints_what_to_change(tmp_path: Path) -> None:
+    text = """
+[source]
+endpoint = "https://s3.eu-central-1.amazonaws.com"
+region = "eu-central-1"
+bucket = "mastodon-old"
+[destination]
+endpoint = "https://account.r2.cloudflarestorage.com"
+region = "auto"
+bucket = "mastodon-new"
+key_prefix = "media"
+acl = ""
+"""
+    result = run_cli("cutover", config=write(tmp_path, text))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for line in ("S3_ENDPOINT=https://account.r2.cloudflarestorage.com", "S3_BUCKET=mastodon-new",
+                 "S3_REGION=auto", "S3_PERMISSION=\n", "S3_KEY_PREFIX=media",
+                 "EXTRA_MEDIA_HOSTS=account.r2.cloudflarestorage.com",  # a week ahead: the new host
+                 "EXTRA_MEDIA_HOSTS=s3.eu-central-1.amazonaws.com",  # after: the old one
+                 "proxy_pass https://account.r2.cloudflarestorage.com/mastodon-new/media/;",
+                 "mastosync run --since last"):
+        assert line in out, line

@@ -81,6 +81,8 @@ async def test_run_copies_exactly_what_the_database_references(
 
     verified = run_cli("verify", "--all", config=config)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    # Complete: what to change in Mastodon comes next.
+    assert f"S3_BUCKET={dst}" in verified.stdout and "location /system/ {" in verified.stdout
 
 
 async def test_older_database_with_imports(tmp_path: Path, postgres, moto: S3Server) -> None:

@@ -156,6 +156,7 @@ async def _serve(port: int, root: Path) -> None:
         Server, "127.0.0.1", port,
         server_host_keys=[str(root / "host_key")],
         authorized_client_keys=str(root / "authorized_keys"),
+        sftp_factory=True,  # for `init --over-ssh` (the .env.production on the Mastodon host)
     )
     print(f"listening on {port}", flush=True)
     await stop.wait()
