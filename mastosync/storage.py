@@ -198,12 +198,16 @@ class RetryPolicy:
     retries: int = 8
     base: float = 0.1
     cap: float = 20.0
+    throttled_cap: float = 1.0
+    throttle_patience: float = 300.0  # seconds of throttling an object is given before it fails
 
     def delay(self, attempt: int, throttled: bool = False, retry_after: float | None = None) -> float:
         # Throttling is answered by the pacer, which lowers the requests in flight for the
-        # whole endpoint; a throttled request itself is retried like any other, soon: one
-        # SlowDown in ten must not make every object wait seconds.
-        jittered = random.uniform(0, min(self.cap, self.base * 2 ** min(attempt - 1, 16)))
+        # whole endpoint; a throttled request itself is retried soon, and then waits its
+        # turn at the pacer rather than asleep: when the throttling ends, every waiting
+        # copy goes on at once, instead of sleeping out a long backoff.
+        cap = min(self.cap, self.throttled_cap) if throttled else self.cap
+        jittered = random.uniform(0, min(cap, self.base * 2 ** min(attempt - 1, 16)))
         # A server that says when to come back is believed (capped in _retry_after).
         return max(jittered, retry_after or 0.0)
 

@@ -27,6 +27,7 @@ import ctypes
 import dataclasses
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -244,6 +245,7 @@ class Copier:
     async def _copy(self, source_key: str, destination_key: str, known: Known | None,
                     private: bool) -> Outcome:
         attempt = failures = throttles = 0
+        first_throttle: float | None = None
         mismatched: str | None = None  # the MD5 of a read whose ETag did not match
         while True:
             attempt += 1
@@ -266,10 +268,15 @@ class Copier:
                 await asyncio.sleep(self.policy.delay(failures))
             except Transient as exc:
                 # Being throttled is the provider pacing us, not the object failing: it has a
-                # budget of its own, so a SlowDown storm does not use up the retries.
+                # budget of its own, in time as well as in tries, so that a SlowDown storm of
+                # a few minutes does not fail the objects caught in it.
                 throttles += exc.throttled
                 failures += not exc.throttled
-                if failures > self.policy.retries or throttles > 4 * self.policy.retries + 8:
+                if exc.throttled and first_throttle is None:
+                    first_throttle = time.monotonic()
+                out_of_patience = (first_throttle is not None
+                                   and time.monotonic() - first_throttle > self.policy.throttle_patience)
+                if failures > self.policy.retries or (throttles > 4 * self.policy.retries + 8 and out_of_patience):
                     return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
                 self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled, exc.retry_after))

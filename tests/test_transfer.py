@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -147,8 +148,10 @@ async def test_gives_up_after_bounded_retries(moto: S3Server) -> None:
             outcome = await c.copy("a.png", "a.png")
             assert outcome.status == FAILED and outcome.attempts == 4
             assert "500" in (outcome.error or "") and "gave up after 4 attempts" in (outcome.error or "")
-            # Throttling has a budget of its own (the provider is pacing us), but a bounded one.
+            # Throttling has a budget of its own (the provider is pacing us), but a bounded one:
+            # in tries, and in time (none left here).
             proxy.set_faults(slowdown=1.0)
+            c.policy = dataclasses.replace(c.policy, throttle_patience=0.0)
             throttled = await c.copy("a.png", "a.png")
             assert throttled.status == FAILED and throttled.attempts == 4 * 3 + 8 + 1
     finally:
