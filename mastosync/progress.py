@@ -290,7 +290,9 @@ class Display:
         table.add_column("bytes", justify="right")
         table.add_column("obj/s", justify="right")
         overall = self._sample()
-        for s in [*self.stats, overall]:
+        # Types with nothing to do take no room while running (the summary lists them all).
+        shown = [s for s in self.stats if s.objects_total != 0 or s.started_work]
+        for s in [*shown, overall]:
             table.add_row(s.name, _done_of(s.objects, s.objects_total), *(str(getattr(s, c)) for c in columns),
                           _done_of(s.bytes_done, s.bytes_expected, format_size),
                           _rate(s.objects, s.elapsed) if s.started_work else "-")

@@ -245,3 +245,17 @@ acl = ""
                  "proxy_pass https://account.r2.cloudflarestorage.com/mastodon-new/media/;",
                  "mastosync run --since last"):
         assert line in out, line
+
+
+def test_shell_completion_as_documented() -> None:
+    """README: `_MASTOSYNC_COMPLETE=bash_source mastosync` prints a completion script."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for shell in ("bash", "zsh", "fish"):
+        result = subprocess.run([sys.executable, "-c", "from mastosync.cli import main; main()"],
+                                env={"_MASTOSYNC_COMPLETE": f"{shell}_source", "PATH": "/usr/bin:/bin"},
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 0 and "_MASTOSYNC_COMPLETE" in result.stdout, (shell, result.stderr)
