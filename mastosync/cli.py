@@ -89,6 +89,49 @@ def since_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+SHARD_INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")
+
+
+def parse_shard(value: str | None, environ: Any = None) -> tuple[int, int] | None:
+    """"K/N" → (K, N); "auto/N" takes K from a job runner's zero-based index variable."""
+    import os
+    import re
+
+    from mastosync.errors import UsageError
+
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+|auto)\s*/\s*(\d+)\s*", value)
+    if not match or int(match.group(2)) < 1:
+        raise UsageError(f"--shard {value!r}: expected K/N such as 2/8 (1 <= K <= N), or auto/N")
+    n = int(match.group(2))
+    if match.group(1) == "auto":
+        environ = os.environ if environ is None else environ
+        found = next((v for v in SHARD_INDEX_VARIABLES if v in environ), None)
+        if found is None or not environ[found].strip().isdigit():
+            raise UsageError(f"--shard auto/{n}: K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs) or "
+                             "AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch), zero-based; neither is set to a number")
+        k = int(environ[found]) + 1
+    else:
+        k = int(match.group(1))
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {value!r}: K must be between 1 and {n}")
+    return k, n
+
+
+def _shard_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    return parse_shard(value)
+
+
+def shard_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--shard", metavar="K/N", callback=_shard_callback,
+        help="Only this process's share of every type: records with id mod N = K-1 (1 <= K <= N). Run N "
+        "processes with K = 1..N, at once, on the same state_dir. auto/N: K from JOB_COMPLETION_INDEX "
+        "(Kubernetes Indexed Job) or AWS_BATCH_JOB_ARRAY_INDEX, plus one (they count from 0).",
+    )(f)
+
+
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")(f)
 
@@ -130,6 +173,7 @@ def cli(config_path: str | None) -> None:
 )
 @limit_option
 @since_option
+@shard_option
 @click.option(
     "--restart",
     is_flag=True,
@@ -148,6 +192,7 @@ def run(
     concurrency: int | None,
     limit: int | None,
     since: datetime | str | None,
+    shard: tuple[int, int] | None,
     restart: bool,
     log_file: str | None,
     as_json: bool,
@@ -169,6 +214,7 @@ def run(
             since=since,
             concurrency=concurrency or settings.sync.concurrency,
             restart=restart,
+            shard=shard,
             log_file=log_file,
             as_json=as_json,
         ),
@@ -180,14 +226,21 @@ def run(
 @selection_options
 @limit_option
 @since_option
+@shard_option
 @json_option
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "rclone", "s3-batch-csv"]),
+              default=None, help="text (the default), json (as --json), rclone (one source key per line, for "
+              "`rclone copy --files-from-raw`), s3-batch-csv (bucket,key lines: an S3 Batch Operations "
+              "manifest). The last two hand a same-provider copy to that engine; they list source keys.")
 def dry_run(
     config_path: str | None,
     types: tuple[str, ...],
     all_types: bool,
     limit: int | None,
     since: datetime | str | None,
+    shard: tuple[int, int] | None,
     as_json: bool,
+    output_format: str | None,
 ) -> None:
     """Print, one line per object, what `run` would copy: type, id, source key, destination key.
 
@@ -199,8 +252,8 @@ def dry_run(
     settings = _load(config_path)
     pipeline.dry_run(
         settings,
-        pipeline.Request(types=chosen_types(types, all_types), limit=limit, since=since),
-        as_json=as_json,
+        pipeline.Request(types=chosen_types(types, all_types), limit=limit, since=since, shard=shard),
+        output_format=output_format or ("json" if as_json else "text"),
     )
 
 
@@ -209,6 +262,7 @@ def dry_run(
 @selection_options
 @limit_option
 @since_option
+@shard_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 1024),
@@ -222,6 +276,7 @@ def verify(
     all_types: bool,
     limit: int | None,
     since: datetime | str | None,
+    shard: tuple[int, int] | None,
     concurrency: int | None,
     as_json: bool,
 ) -> None:
@@ -240,6 +295,7 @@ def verify(
             types=chosen_types(types, all_types),
             limit=limit,
             since=since,
+            shard=shard,
             concurrency=concurrency or settings.sync.concurrency,
         ),
         as_json=as_json,
@@ -290,6 +346,21 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
                "in the env file):")
     for name in to_set:
         click.echo(f"  {name}")
+
+
+@cli.command()
+@config_option
+def status(config_path: str | None) -> None:
+    """Print the whole migration's progress from every resume state under sync.state_dir.
+
+    Shards included: each shard's state, which shards have not started, and the total.
+    Reads only the state directory. Exit 0 when every state is complete, else 1.
+    """
+    from mastosync import status as migration
+
+    text, complete = migration.report(_load(config_path).sync.state_dir)
+    click.echo(text, nl=False)
+    sys.exit(0 if complete else 1)
 
 
 @cli.command("cutover")

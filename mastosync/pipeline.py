@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class Request:
     since: datetime | None = None  # "last" until resolve_since()
     concurrency: int = 32
     restart: bool = False
+    shard: tuple[int, int] | None = None  # --shard K/N
     log_file: str | None = None  # --log-file: JSON lines of events
     as_json: bool = False  # run --json: the summary as one JSON object on stdout
 
@@ -68,16 +70,20 @@ def resolve_since(settings: Settings, request: Request) -> Request:
     """`--since last`: the start of the last completed run of this migration and these types."""
     if request.since != "last":  # type: ignore[comparison-overlap]
         return request
-    started = RunHistory(settings.sync.state_dir).last_complete_start(settings, request.types)
+    started = RunHistory(settings.sync.state_dir).last_complete_start(settings, request.types, request.shard)
     if started is None:
         raise UsageError(f"--since last: no completed run of these types between these buckets is recorded in "
                          f"{Path(settings.sync.state_dir).resolve()}; give a time instead")
     return dataclasses.replace(request, since=started)
 
 
+def _label(command: str, shard: tuple[int, int] | None) -> str:
+    return command if shard is None else f"{command}-shard-{shard[0]}of{shard[1]}"
+
+
 def filters_for(settings: Settings, request: Request) -> records.Filters:
     return records.Filters(
-        limit=request.limit, since=request.since, include_remote=settings.sync.include_remote
+        limit=request.limit, since=request.since, include_remote=settings.sync.include_remote, shard=request.shard
     )
 
 
@@ -101,18 +107,20 @@ async def open_database(settings: Settings) -> AsyncIterator[records.Database]:
 # -- dry-run ----------------------------------------------------------------------------
 
 
-def dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO | None = None) -> None:
+def dry_run(settings: Settings, request: Request, output_format: str = "text", out: TextIO | None = None) -> None:
     """Print every object `run` would copy; touches no bucket."""
     out = out or sys.stdout
     try:
-        asyncio.run(_dry_run(settings, resolve_since(settings, request), as_json, out))
+        asyncio.run(_dry_run(settings, resolve_since(settings, request), output_format, out))
         out.flush()
     except BrokenPipeError:  # `mastosync dry-run | head` is fine
         with contextlib.suppress(Exception):
             sys.stdout = None  # type: ignore[assignment]
 
 
-async def _dry_run(settings: Settings, request: Request, as_json: bool, out: TextIO) -> None:
+async def _dry_run(settings: Settings, request: Request, output_format: str, out: TextIO) -> None:
+    as_json = output_format == "json"
+    bucket = settings.source.bucket
     filters = filters_for(settings, request)
     src, dst = settings.source.key_prefix, settings.destination.key_prefix
     full_key = layout.full_key
@@ -146,6 +154,10 @@ async def _dry_run(settings: Settings, request: Request, as_json: bool, out: Tex
                                f', "fallback_source_key": {quote(full_key(src, o.fallback))}')
                             + "}"
                         )
+                    elif output_format == "rclone":
+                        lines.append(full_key(src, o.key))
+                    elif output_format == "s3-batch-csv":
+                        lines.append(f"{bucket},{urllib.parse.quote(full_key(src, o.key), safe='/')}")
                     else:
                         lines.append(f"{name}\t{o.id}\t{full_key(src, o.key)}\t{full_key(dst, o.key)}")
                 if len(lines) >= 2000:
@@ -506,17 +518,22 @@ def run(settings: Settings, request: Request) -> None:
 
 
 async def _run(settings: Settings, request: Request) -> None:
-    with RunLock(settings.sync.state_dir):
+    shard = request.shard
+    with RunLock(settings.sync.state_dir, "run.lock" if shard is None else f"run-shard-{shard[0]}of{shard[1]}.lock"):
         await _run_locked(settings, resolve_since(settings, request))
 
 
 async def _run_locked(settings: Settings, request: Request) -> None:
     started = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as Mastodon's timestamps
-    state = ResumeState(settings, request.since)
+    state = ResumeState(settings, request.since, request.shard)
+    if not request.restart and (others := state.other_partitions()):
+        raise UsageError(f"{others[0]} holds an unfinished run of this migration split "
+                         f"{'differently' if request.shard else 'into shards'}; finish it with the same --shard, "
+                         "or start over with --restart")
     progress = state.load(request.types, request.restart)
     resumed = {n: p.done_through for n, p in progress.items() if p.done_through is not None or p.failed_ids}
     events = EventLog(request.log_file) if request.log_file else None
-    report = Report(settings.sync.state_dir, "run", events)
+    report = Report(settings.sync.state_dir, _label("run", request.shard), events)
     async with contextlib.AsyncExitStack() as stack:
         if events is not None:
             stack.callback(events.close)
@@ -616,7 +633,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                         and not any(s.failed for s in stats.values()))
             RunHistory(settings.sync.state_dir).record(settings, request.types, started,
                                                        datetime.now(UTC).replace(tzinfo=None), request.since,
-                                                       complete)
+                                                       complete, request.shard)
             earlier = {k: sum(p.earlier.get(k, 0) for p in progress.values()) for k in SO_FAR}
             if any(earlier.values()):
                 now = {k: sum(getattr(s, k) for s in stats.values()) for k in SO_FAR}
@@ -652,7 +669,7 @@ def verify(settings: Settings, request: Request, as_json: bool) -> None:
 
 
 async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
-    report = Report(settings.sync.state_dir, "verify")
+    report = Report(settings.sync.state_dir, _label("verify", request.shard))
     out = sys.stdout
     policy = RetryPolicy(retries=settings.sync.retries)
     progress = {name: TypeProgress() for name in request.types}
@@ -724,6 +741,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
     if gaps:
         raise VerifyGaps(f"the destination is incomplete: {gaps} objects absent, different or unreadable; "
                          f"see {report.path}")
-    if set(request.types) == set(layout.TYPE_NAMES) and request.limit is None and request.since is None:
+    if (set(request.types) == set(layout.TYPE_NAMES) and request.limit is None and request.since is None
+            and request.shard is None):
         # Everything checked and complete: what to change next.
         (sys.stderr if as_json else sys.stdout).write("\n" + cutover.instructions(settings))

@@ -57,6 +57,7 @@ class Filters:
     since: datetime | None = None  # only attachments updated at or after
     include_remote: bool = True  # False: local records only
     ids: tuple[int, ...] | None = None  # only these ids (retrying earlier failures)
+    shard: tuple[int, int] | None = None  # (K, N): only ids with id mod N = K - 1
 
 
 EndpointFn = Callable[[], Awaitable[tuple[str, int]]]
@@ -222,6 +223,11 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     if filters.ids is not None:
         args.append(list(filters.ids))
         where.append(f"id = ANY(${len(args)}::bigint[])")
+    if filters.shard is not None:
+        # id mod N, not ranges of ids: snowflake ids are time-ordered and sparse, but their
+        # low bits are even, so the shares are balanced; each shard still pages in id order.
+        k, n = filters.shard
+        where.append(f"mod(id, {int(n)}) = {int(k) - 1}")
     table = _quote(object_type.table)
     select = f"SELECT {', '.join(_quote(c) for c in wanted)} FROM {table} WHERE " + " AND ".join(
         f"({w})" for w in where

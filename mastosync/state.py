@@ -76,17 +76,21 @@ class TypeProgress:
 class ResumeState:
     """The resume file of one source → destination selection."""
 
-    def __init__(self, settings: Settings, since: datetime | None) -> None:
+    def __init__(self, settings: Settings, since: datetime | None, shard: tuple[int, int] | None = None) -> None:
         src, dst = settings.source, settings.destination
-        self.identity = {
+        self.identity: dict[str, Any] = {
             # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
             "source": [src.endpoint, src.bucket, src.key_prefix],
             "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
             "since": since.isoformat() if since else None,
             "include_remote": settings.sync.include_remote,
         }
+        if shard is not None:  # absent when not sharded: older state files keep their name
+            self.identity["shard"] = list(shard)
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = Path(settings.sync.state_dir) / f"resume-{digest}.json"
+        name = f"resume-{digest}.json" if shard is None else f"resume-{digest}-shard-{shard[0]}of{shard[1]}.json"
+        self.path = Path(settings.sync.state_dir) / name
+        self.shard = shard
         self.types: dict[str, TypeProgress] = {}
         # This run's counters per type (copied, skipped, missing, bytes), added to the earlier
         # runs' in the file: a resumed run can say what the whole migration has done.
@@ -95,6 +99,24 @@ class ResumeState:
         # Written when one starts, so that after a crash the next run aborts what was left.
         self.open_uploads: set[tuple[str, str]] = set()
         self._saved_at = 0.0
+
+    def other_partitions(self) -> list[Path]:
+        """Unfinished states of the same migration split another way (another N, or unsplit):
+        resuming beside them would mix partitions and leave records to neither."""
+        mine = {k: v for k, v in self.identity.items() if k != "shard"}
+        n = self.shard[1] if self.shard else 1
+        found = []
+        for path in sorted(self.path.parent.glob("resume-*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            identity = data.get("identity", {})
+            other_n = identity.get("shard", [1, 1])[1]
+            unfinished = any(not t.get("complete") for t in data.get("types", {}).values())
+            if other_n != n and unfinished and {k: v for k, v in identity.items() if k != "shard"} == mine:
+                found.append(path)
+        return found
 
     def load(self, types: tuple[str, ...], restart: bool) -> dict[str, TypeProgress]:
         """Progress per type from the last unfinished run (nothing with `restart`)."""
@@ -151,12 +173,16 @@ class ResumeState:
         self.open_uploads.discard((key, upload_id))
 
 
-def selection(settings: Settings) -> dict[str, Any]:
-    """What makes two runs the same migration: both places and include_remote (not --since)."""
+def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """What makes two runs the same migration: both places, include_remote and the shard
+    (not --since)."""
     src, dst = settings.source, settings.destination
-    return {"source": [src.endpoint, src.bucket, src.key_prefix],
-            "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
-            "include_remote": settings.sync.include_remote}
+    found: dict[str, Any] = {"source": [src.endpoint, src.bucket, src.key_prefix],
+                             "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
+                             "include_remote": settings.sync.include_remote}
+    if shard is not None:
+        found["shard"] = list(shard)
+    return found
 
 
 class RunHistory:
@@ -171,18 +197,19 @@ class RunHistory:
         self.path = Path(state_dir) / "runs.jsonl"
 
     def record(self, settings: Settings, types: tuple[str, ...], started: datetime, ended: datetime,
-               since: datetime | None, complete: bool) -> None:
-        entry = {"selection": selection(settings), "types": list(types), "started": started.isoformat(),
+               since: datetime | None, complete: bool, shard: tuple[int, int] | None = None) -> None:
+        entry = {"selection": selection(settings, shard), "types": list(types), "started": started.isoformat(),
                  "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def last_complete_start(self, settings: Settings, types: tuple[str, ...]) -> datetime | None:
+    def last_complete_start(self, settings: Settings, types: tuple[str, ...],
+                            shard: tuple[int, int] | None = None) -> datetime | None:
         """Start (naive UTC) of the latest completed run of this migration covering `types`."""
         if not self.path.exists():
             return None
-        wanted = selection(settings)
+        wanted = selection(settings, shard)
         found: datetime | None = None
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
