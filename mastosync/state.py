@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mastosync.config import Settings
-from mastosync.errors import StateBusy
+from mastosync.errors import ConfigError, StateBusy
 from mastosync.redact import redact
 
 VERSION = 1
@@ -234,8 +234,11 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError("sync.state_dir", f"cannot use {self.path.parent}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

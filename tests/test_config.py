@@ -259,3 +259,13 @@ def test_shell_completion_as_documented() -> None:
                                 env={"_MASTOSYNC_COMPLETE": f"{shell}_source", "PATH": "/usr/bin:/bin"},
                                 capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert result.returncode == 0 and "_MASTOSYNC_COMPLETE" in result.stdout, (shell, result.stderr)
+
+
+def test_an_unusable_state_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state directory should be")
+    path = write(tmp_path, MINIMAL + f'[sync]\nstate_dir = "{blocker}"\n')
+    result = run_cli("run", config=path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sync.state_dir" in lines[0] and "cannot use" in lines[0], result.stderr
