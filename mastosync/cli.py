@@ -41,6 +41,11 @@ def parse_since(value: str | None) -> datetime | str | None:
     return moment
 
 
+def _since(value: datetime | str | None) -> dict[str, Any]:
+    """The Request fields for --since: a time, or "last" (resolved once the state is known)."""
+    return {"since_last": True} if value == "last" else {"since": value}
+
+
 def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | str | None:
     return parse_since(value)
 
@@ -211,7 +216,7 @@ def run(
         pipeline.Request(
             types=chosen_types(types, all_types),
             limit=limit,
-            since=since,
+            **_since(since),
             concurrency=concurrency or settings.sync.concurrency,
             restart=restart,
             shard=shard,
@@ -252,7 +257,7 @@ def dry_run(
     settings = _load(config_path)
     pipeline.dry_run(
         settings,
-        pipeline.Request(types=chosen_types(types, all_types), limit=limit, since=since, shard=shard),
+        pipeline.Request(types=chosen_types(types, all_types), limit=limit, **_since(since), shard=shard),
         output_format=output_format or ("json" if as_json else "text"),
     )
 
@@ -294,7 +299,7 @@ def verify(
         pipeline.Request(
             types=chosen_types(types, all_types),
             limit=limit,
-            since=since,
+            **_since(since),
             shard=shard,
             concurrency=concurrency or settings.sync.concurrency,
         ),

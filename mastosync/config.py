@@ -324,7 +324,7 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     low, high = meta.get("min"), meta.get("max")
     if low is not None and value < low or high is not None and value > high:
         if meta.get("kind") == "size":
-            span = f"between {format_size(low)} and {format_size(high)}"
+            span = f"between {format_size(low or 0)} and {format_size(high or 0)}"
         else:
             span = f"between {low} and {high}"
         raise ConfigError(where, f"expected a value {span}, got {_describe(value, meta)}")

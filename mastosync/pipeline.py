@@ -58,7 +58,8 @@ class Request:
 
     types: tuple[str, ...]
     limit: int | None = None
-    since: datetime | None = None  # "last" until resolve_since()
+    since: datetime | None = None
+    since_last: bool = False  # --since last: `since` is set by resolve_since()
     concurrency: int = 32
     restart: bool = False
     shard: tuple[int, int] | None = None  # --shard K/N
@@ -68,13 +69,13 @@ class Request:
 
 def resolve_since(settings: Settings, request: Request) -> Request:
     """`--since last`: the start of the last completed run of this migration and these types."""
-    if request.since != "last":  # type: ignore[comparison-overlap]
+    if not request.since_last:
         return request
     started = RunHistory(settings.sync.state_dir).last_complete_start(settings, request.types, request.shard)
     if started is None:
         raise UsageError(f"--since last: no completed run of these types between these buckets is recorded in "
                          f"{Path(settings.sync.state_dir).resolve()}; give a time instead")
-    return dataclasses.replace(request, since=started)
+    return dataclasses.replace(request, since=started, since_last=False)
 
 
 def _label(command: str, shard: tuple[int, int] | None) -> str:
@@ -315,7 +316,7 @@ class Engine:
                 producer.result()  # a database error ends the run here, after the wind-down below
                 for _ in workers:
                     await self.queue.put(None)  # each worker stops after the queued jobs
-                drained = asyncio.gather(*workers)
+                drained: asyncio.Future[Any] = asyncio.gather(*workers)
                 await asyncio.wait({drained, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             producer.cancel()
@@ -342,8 +343,8 @@ class Engine:
             self.queue.put_nowait(None)
         # As long as the copies in flight need, at most the grace period, and no longer: the
         # wait ends when every worker is done or a second signal comes, whichever is first.
-        finished = asyncio.gather(*pending, return_exceptions=True)
-        hard = asyncio.create_task(self.hard_stop.wait())
+        finished: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
+        hard: asyncio.Future[Any] = asyncio.create_task(self.hard_stop.wait())
         await asyncio.wait({finished, hard}, timeout=GRACE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         hard.cancel()
         for w in pending:
@@ -393,7 +394,7 @@ class Engine:
         Batches still leave in database order.
         """
         if batch:
-            task = asyncio.create_task(self.annotate(batch)) if self.annotate is not None else None
+            task = asyncio.ensure_future(self.annotate(batch)) if self.annotate is not None else None
             self._ahead.append((batch, task))
         while self._ahead and (len(self._ahead) >= LOOKAHEAD or not batch):
             ready, task = self._ahead.popleft()

@@ -25,6 +25,7 @@ import base64
 import contextvars
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import math
 import time
@@ -362,11 +363,11 @@ class Copier:
         part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
         upload_id = await self.destination.start_multipart(key, upload_extra(self.settings, head, private))
         try:
-            etags = []
+            etags: list[str] = []
             for number, first in enumerate(range(0, head.size, part), start=1):
                 last = min(first + part, head.size) - 1
-                etags.append(await self.policy.call(lambda n=number, a=first, b=last: self.destination.copy_part(
-                    self.source, source_key, key, upload_id, n, a, b)))
+                etags.append(await self.policy.call(functools.partial(
+                    self.destination.copy_part, self.source, source_key, key, upload_id, number, first, last)))
             await self.destination.complete_multipart(key, upload_id, etags)
         except BaseException:
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))

@@ -113,7 +113,8 @@ class Tunnel:
         conn, _ = await self._connect()
         try:
             async with conn.start_sftp_client() as sftp, sftp.open(path, "rb") as f:
-                return bytes(await f.read(limit))
+                data: Any = await f.read(limit)  # bytes: the file is opened in binary mode
+                return bytes(data)
         except asyncssh.SFTPError as exc:
             raise TunnelError(f"SSH {self.where}: cannot read {path}: {exc.reason}") from None
         except asyncssh.Error as exc:
@@ -121,7 +122,7 @@ class Tunnel:
         finally:
             conn.close()
 
-    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
+    async def _connect(self) -> tuple[asyncssh.SSHClientConnection, Any]:
         """An SSH connection, with every failure turned into one clear TunnelError."""
         s = self.ssh
         options: dict[str, Any] = {
