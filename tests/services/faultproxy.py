@@ -73,6 +73,9 @@ class Counters:
     acl: dict[str, str | None] = field(default_factory=dict)  # path → x-amz-acl of its last write request
     targets: dict[str, str] = field(default_factory=dict)  # operation → target (path?query) of its last request
     timeline: list[tuple[float, str, int]] = field(default_factory=list)  # (time, op, status)
+    # (time, requests in flight once this one arrived): what a client's pacing does, whatever
+    # the machine's speed
+    in_flight: list[tuple[float, int]] = field(default_factory=list)
 
 
 def operation(method: str, target: str, headers: dict[str, str]) -> str:
@@ -114,6 +117,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="faultproxy")
         self._writers: set[asyncio.StreamWriter] = set()
+        self._in_flight = 0
 
     # -- control, from any thread ---------------------------------------------------
 
@@ -192,6 +196,7 @@ class FaultProxy:
     def _record(self, op: str, status: int, fault: str | None, put_bytes: int,
                 headers: dict[str, str] | None = None, target: str = "") -> None:
         with self._lock:
+            self._in_flight -= 1  # every request is recorded once, when it is answered
             if status == 200 and op in ("PutObject", "CompleteMultipartUpload", "CopyObject"):
                 self.counters.stored[unquote(urlsplit(target).path)] += 1
             for name in headers or ():
@@ -217,6 +222,9 @@ class FaultProxy:
                 request_line, headers, raw_head = head
                 method, target, _ = request_line.split(" ", 2)
                 op = operation(method, target, headers)
+                with self._lock:
+                    self._in_flight += 1
+                    self.counters.in_flight.append((time.monotonic(), self._in_flight))
                 if headers.get("expect", "").lower() == "100-continue":
                     # Answer the interim response here, so the upstream never sends one.
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
