@@ -77,16 +77,9 @@ class ResumeState:
     """The resume file of one source → destination selection."""
 
     def __init__(self, settings: Settings, since: datetime | None, shard: tuple[int, int] | None = None) -> None:
-        src, dst = settings.source, settings.destination
-        self.identity: dict[str, Any] = {
-            # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
-            "source": [src.endpoint, src.bucket, src.key_prefix],
-            "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
-            "since": since.isoformat() if since else None,
-            "include_remote": settings.sync.include_remote,
-        }
-        if shard is not None:  # absent when not sharded: older state files keep their name
-            self.identity["shard"] = list(shard)
+        # The migration (and shard), and --since: progress is comparable only within both.
+        self.identity: dict[str, Any] = {**selection(settings, shard),
+                                          "since": since.isoformat() if since else None}
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         name = f"resume-{digest}.json" if shard is None else f"resume-{digest}-shard-{shard[0]}of{shard[1]}.json"
         self.path = Path(settings.sync.state_dir) / name
@@ -177,10 +170,11 @@ def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[
     """What makes two runs the same migration: both places, include_remote and the shard
     (not --since)."""
     src, dst = settings.source, settings.destination
+    # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
     found: dict[str, Any] = {"source": [src.endpoint, src.bucket, src.key_prefix],
                              "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
                              "include_remote": settings.sync.include_remote}
-    if shard is not None:
+    if shard is not None:  # absent when not sharded: older state files keep their name
         found["shard"] = list(shard)
     return found
 

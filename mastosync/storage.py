@@ -46,6 +46,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from mastosync import __version__
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError, EndpointDown
+from mastosync.layout import full_key
 from mastosync.redact import redact
 from mastosync.sigv4 import (
     EMPTY_SHA256,
@@ -621,17 +622,10 @@ class Bucket:
             if isinstance(outcome, BaseException):
                 raise outcome
 
-    def _under_prefix(self, key: str) -> str:
-        prefix = self.settings.key_prefix
-        if not prefix:
-            return key
-        joined = f"{prefix}/{key}"
-        return joined[1:] if joined.startswith("/") else joined
-
     async def _check_read(self, policy: RetryPolicy) -> None:
         query = {"list-type": "2", "max-keys": "1"}
         if self.settings.key_prefix:
-            query["prefix"] = self._under_prefix("")
+            query["prefix"] = full_key(self.settings.key_prefix, "")
         try:
             await policy.call(lambda: self._xml("GET", None, "ListObjectsV2", query), retry_unreachable=False)
         except StorageError as exc:
@@ -639,7 +633,7 @@ class Bucket:
 
     async def _check_write(self, policy: RetryPolicy, extra: dict[str, str]) -> None:
         # An aborted multipart upload proves write access without leaving an object behind.
-        key = self._under_prefix(".mastosync-write-check")
+        key = full_key(self.settings.key_prefix, ".mastosync-write-check")
         try:
             upload_id = await policy.call(lambda: self._start_multipart(key, extra), retry_unreachable=False)
         except StorageError as exc:

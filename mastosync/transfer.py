@@ -294,6 +294,11 @@ class Copier:
             except StorageError as exc:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
+    @functools.cached_property
+    def _in_place(self) -> RetryPolicy:
+        """Retries of a request whose bytes are in hand (a PUT, a part): a few, then a fresh GET."""
+        return dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
+
     def _retrying(self, key: str, attempt: int, error: Exception) -> None:
         counter = _RETRIES.get()
         if counter is not None:
@@ -432,13 +437,11 @@ class Copier:
 
     async def _put(self, key: str, data: bytearray, md5: str, extra: dict[str, Any]) -> None:
         """The PUT of a body in hand, retried alone (a few times): a fresh GET only if that fails."""
-        policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
-        await policy.call(lambda: self.destination.put(key, data, md5, extra),
+        await self._in_place.call(lambda: self.destination.put(key, data, md5, extra),
                           on_retry=lambda attempt, error: self._retrying(key, attempt, error))
 
     async def _part(self, key: str, upload_id: str, number: int, data: bytearray, digest: bytes) -> str:
         """Upload one part, retrying it alone (a few times): its bytes are in hand, the GET stays open."""
-        policy = dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
         md5 = base64.b64encode(digest).decode()
-        return await policy.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5),
+        return await self._in_place.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5),
                                  on_retry=lambda attempt, error: self._retrying(key, attempt, error))

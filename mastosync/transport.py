@@ -214,8 +214,3 @@ def _environment_proxy(origin: str) -> tuple[URL | None, aiohttp.BasicAuth | Non
         auth = aiohttp.BasicAuth(proxy.user, proxy.password or "")
         proxy = proxy.with_user(None)
     return proxy, auth
-
-
-def describe_proxy(proxy: Any) -> str:
-    """A proxy URL without its credentials, for messages."""
-    return "" if proxy is None else str(URL(str(proxy)).with_user(None))

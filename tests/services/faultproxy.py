@@ -27,15 +27,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.services.process import free_port
 
-SLOWDOWN = (
-    b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
-    b"<Message>Please reduce your request rate.</Message></Error>"
-)
-INTERNAL = (
-    b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code>"
-    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
-)
-
 
 @dataclass
 class Faults:
