@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
 from tests.services.s3 import S3Server
+
+PARTITION = re.compile(r"/(\d{3}(?:/\d{3})+)/")
 
 
 @pytest.mark.parametrize("value,environ,expected", [
@@ -55,6 +58,12 @@ def start(config: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def stored_for_shard(stored: dict[str, int], k: int, n: int) -> int:
+    """Objects written for records of shard K/N: the record id is the key's id partition."""
+    ids = [int("".join(m.group(1).split("/"))) for m in map(PARTITION.search, stored) if m]
+    return sum(1 for i in ids if i % n == k - 1)
+
+
 async def test_three_shards_at_once_copy_everything_once(tmp_path: Path, mastodon_db: MastodonDb,
                                                          moto: S3Server) -> None:
     inst, src = await sharded_instance(mastodon_db, moto)
@@ -67,9 +76,10 @@ async def test_three_shards_at_once_copy_everything_once(tmp_path: Path, mastodo
                               extra={"sync": {"concurrency": 4}})
         # Shard 2 is interrupted and resumed alone; 1 and 3 run to the end meanwhile.
         procs = {k: start(config, "run", "--all", "--shard", f"{k}/3") for k in (1, 2, 3)}
+        # Interrupt shard 2 only once it has itself saved progress (others copying says nothing of it).
         deadline = time.monotonic() + 60
-        while len(proxy.counters.stored) < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while stored_for_shard(dict(proxy.counters.stored), 2, 3) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         procs[2].send_signal(signal.SIGINT)
         outs = {k: p.communicate(timeout=180) for k, p in procs.items()}
         assert procs[2].returncode == 130, outs[2]
