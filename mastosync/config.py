@@ -34,7 +34,7 @@ ACLS = (
 
 
 def _opt(default: Any, **meta: Any) -> Any:
-    """A field with a default; meta: secret, kind (size|path), min, max, choices."""
+    """A field with a default; meta: secret, parse (size|path), min, max, choices."""
     return field(default=default, repr=not meta.get("secret", False), metadata=meta)
 
 
@@ -58,17 +58,27 @@ class SshSettings:
     host: str = _opt("")
     port: int = _opt(22, min=1, max=65535)
     user: str = _opt("")
-    key_file: str = _opt("", kind="path")
+    key_file: str = _opt("", parse="path")
     passphrase: str = _opt("", secret=True)
     password: str = _opt("", secret=True)
-    known_hosts: str = _opt("~/.ssh/known_hosts", kind="path")
+    known_hosts: str = _opt("~/.ssh/known_hosts", parse="path")
     keepalive_interval: float = _opt(15.0, min=1, max=3600)
     connect_timeout: float = _opt(15.0, min=0.1, max=600)
 
 
+KINDS = ("s3", "filesystem", "sftp")
+FOLDER_KINDS = ("filesystem", "sftp")
+
+
 @dataclass(frozen=True)
 class BucketSettings:
-    bucket: str = _required()
+    """One side of the copy: an S3 bucket (the default), a local folder, or a folder on the SSH host."""
+
+    kind: str = _opt("s3", choices=KINDS)
+    # filesystem: a local folder (relative to the configuration file's folder); sftp: a path
+    # on the [ssh] host, absolute or relative to the SSH user's home. Mastodon's public/system.
+    root: str = _opt("")
+    bucket: str = _opt("")
     endpoint: str = _opt("")
     region: str = _opt("us-east-1")
     access_key_id: str = _opt("", secret=True)
@@ -77,12 +87,17 @@ class BucketSettings:
     key_prefix: str = _opt("")
     addressing_style: str = _opt("path", choices=("path", "virtual", "auto"))
     profile: str = _opt("")  # a profile of ~/.aws/config and ~/.aws/credentials, instead of keys
-    ca_bundle: str = _opt("", kind="path")  # PEM file of CAs to trust (else AWS_CA_BUNDLE, else the system's)
+    ca_bundle: str = _opt("", parse="path")  # PEM file of CAs to trust (else AWS_CA_BUNDLE, else the system's)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.kind in FOLDER_KINDS
 
     def same_place_as(self, other: BucketSettings) -> bool:
         """True when both sides are one account on one endpoint (server-side copy works)."""
         return (
-            self.endpoint == other.endpoint
+            self.kind == other.kind == "s3"
+            and self.endpoint == other.endpoint
             and self.region == other.region
             and self.access_key_id == other.access_key_id
             and self.secret_access_key == other.secret_access_key
@@ -93,15 +108,18 @@ class BucketSettings:
 class DestinationSettings(BucketSettings):
     acl: str = _opt("public-read", choices=ACLS)
     storage_class: str = _opt("")
+    # A folder destination's files are given to this user (and group): "mastodon",
+    # "mastodon:www-data" or "991:991". Needs root (locally, or as the SSH user).
+    owner: str = _opt("")
 
 
 @dataclass(frozen=True)
 class SyncSettings:
     concurrency: int = _opt(32, min=1, max=1024)
     include_remote: bool = _opt(True)
-    multipart_threshold: int = _opt(16 * MiB, kind="size", min=5 * MiB, max=5 * GiB)
-    part_size: int = _opt(8 * MiB, kind="size", min=5 * MiB, max=5 * GiB)
-    state_dir: str = _opt(".mastosync", kind="path")
+    multipart_threshold: int = _opt(16 * MiB, parse="size", min=5 * MiB, max=5 * GiB)
+    part_size: int = _opt(8 * MiB, parse="size", min=5 * MiB, max=5 * GiB)
+    state_dir: str = _opt(".mastosync", parse="path")
     retries: int = _opt(8, min=0, max=100)
     timeout: float = _opt(60.0, min=1, max=3600)
     progress_interval: float = _opt(5.0, min=0.1, max=3600)
@@ -204,9 +222,21 @@ def load(path: Path, environ: typing.Mapping[str, str] | None = None) -> Setting
         if name in REQUIRED_SECTIONS and name not in raw and not _env_keys(name, cls, environ):
             raise ConfigError(name, "section is required")
         sections[name] = _section(name, cls, table, environ, path.expanduser().resolve().parent)
+    for name in ("source", "destination"):
+        sections[name] = _with_root(sections[name], path.expanduser().resolve().parent)
     settings = Settings(path=path, **sections)
     _check_together(settings)
     return settings
+
+
+def _with_root(side: BucketSettings, base: Path) -> BucketSettings:
+    """A local root is taken from the configuration file's folder; an SFTP root is the SSH
+    host's business (relative to the SSH user's home, as `sftp` itself takes it)."""
+    if side.kind == "filesystem" and side.root:
+        return dataclasses.replace(side, root=str((base / Path(side.root).expanduser()).resolve()))
+    if side.kind == "sftp" and side.root.startswith("~/"):
+        return dataclasses.replace(side, root=side.root[2:] or ".")
+    return side
 
 
 def load_ssh(path: Path, environ: typing.Mapping[str, str] | None = None) -> SshSettings:
@@ -252,10 +282,10 @@ def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mappin
         elif f.metadata.get("required"):
             raise ConfigError(where, f"required key is missing (or set {env})")
         else:
-            if f.metadata.get("kind") == "path" and base is not None and f.default:
+            if f.metadata.get("parse") == "path" and base is not None and f.default:
                 values[key] = _from_base(base, str(Path(str(f.default)).expanduser()))
             continue
-        if f.metadata.get("kind") == "path" and base is not None and values[key]:
+        if f.metadata.get("parse") == "path" and base is not None and values[key]:
             values[key] = _from_base(base, values[key])
         _check(where, values[key], f.metadata)
     return cls(**values)
@@ -272,7 +302,7 @@ def _describe(value: Any, meta: typing.Mapping[str, Any]) -> str:
 def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) -> Any:
     """A TOML value → the field's type; TOML already typed it, so only check and convert."""
     shown = _describe(value, meta)
-    if meta.get("kind") == "size":
+    if meta.get("parse") == "size":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
@@ -294,14 +324,14 @@ def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) 
             return float(value)
         raise ConfigError(where, f"expected a number, got {shown}")
     if isinstance(value, str):
-        return str(Path(value).expanduser()) if meta.get("kind") == "path" and value else value
+        return str(Path(value).expanduser()) if meta.get("parse") == "path" and value else value
     raise ConfigError(where, f"expected a string, got {shown}")
 
 
 def _from_env(where: str, text: str, kind: type, meta: typing.Mapping[str, Any]) -> Any:
     """An environment string → the field's type, with the same errors as the file."""
     env_where = f"{where} (from the environment)"
-    if meta.get("kind") == "size" or kind is str:
+    if meta.get("parse") == "size" or kind is str:
         return _coerce(env_where, text, kind, meta)
     if kind is bool:
         lowered = text.strip().lower()
@@ -323,7 +353,7 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         raise ConfigError(where, f"expected one of {options}, got {_describe(value, meta)}")
     low, high = meta.get("min"), meta.get("max")
     if low is not None and value < low or high is not None and value > high:
-        if meta.get("kind") == "size":
+        if meta.get("parse") == "size":
             span = f"between {format_size(low or 0)} and {format_size(high or 0)}"
         else:
             span = f"between {low} and {high}"
@@ -331,9 +361,12 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
 
 
 def _place(side: BucketSettings) -> tuple[str, str, str]:
-    """Where a side's objects are: the endpoint (normalised; AWS's by region), bucket, key prefix."""
+    """Where a side's objects are: the endpoint (normalised; AWS's by region), bucket, key prefix;
+    for a folder, its kind and root."""
     from urllib.parse import urlsplit
 
+    if side.is_folder:
+        return (side.kind, side.root.rstrip("/") or "/", "")
     if not side.endpoint:
         return (f"aws:{side.region or 'us-east-1'}", side.bucket, side.key_prefix)
     parts = urlsplit(side.endpoint)
@@ -345,16 +378,25 @@ def _place(side: BucketSettings) -> tuple[str, str, str]:
 def _check_together(settings: Settings) -> None:
     """Rules that involve more than one key."""
     for name in ("source", "destination"):
-        endpoint = getattr(settings, name).endpoint
-        if endpoint and not re.match(r"^https?://[^/\s]+", endpoint, re.IGNORECASE):
+        side = getattr(settings, name)
+        if side.is_folder:
+            _check_folder(name, side, settings.ssh)
+            continue
+        if side.endpoint and not re.match(r"^https?://[^/\s]+", side.endpoint, re.IGNORECASE):
             raise ConfigError(
                 f"{name}.endpoint", "expected a URL such as https://s3.example.com"
             )
-        if not getattr(settings, name).bucket:
-            raise ConfigError(f"{name}.bucket", "must not be empty")
+        if not side.bucket:
+            raise ConfigError(f"{name}.bucket", "required for kind = \"s3\" (or set kind and root for a folder)")
+        if side.root:
+            raise ConfigError(f"{name}.root", f"applies to kind = \"filesystem\" or \"sftp\", not {side.kind!r}")
+    if settings.destination.owner and not settings.destination.is_folder:
+        raise ConfigError("destination.owner", "applies to a folder destination (kind = \"filesystem\" or "
+                                               "\"sftp\"); in a bucket, access is the ACL's business")
     if _place(settings.source) == _place(settings.destination):
-        raise ConfigError("destination", "is the same bucket and key prefix as the source: every object would "
-                                         "be skipped as already there (use another bucket or key_prefix)")
+        what = "folder" if settings.source.is_folder else "bucket and key prefix"
+        raise ConfigError("destination", f"is the same {what} as the source: every object would "
+                                         "be skipped as already there (use another bucket, key_prefix or root)")
     for name in ("source", "destination"):
         side = getattr(settings, name)
         if side.profile and (side.access_key_id or side.secret_access_key):
@@ -366,3 +408,17 @@ def _check_together(settings: Settings) -> None:
         for key in ("host", "user"):
             if not getattr(settings.ssh, key):
                 raise ConfigError(f"ssh.{key}", "required when ssh.enabled is true")
+
+
+def _check_folder(name: str, side: BucketSettings, ssh: SshSettings) -> None:
+    if not side.root:
+        raise ConfigError(f"{name}.root", f"required for kind = {side.kind!r}: the folder holding Mastodon's "
+                                          "files (public/system, or PAPERCLIP_ROOT_PATH)")
+    for key in ("bucket", "endpoint", "key_prefix", "profile", "access_key_id", "secret_access_key"):
+        if getattr(side, key):
+            raise ConfigError(f"{name}.{key}", f"applies to kind = \"s3\", not {side.kind!r} (a folder's files "
+                                               "are under root, with the same relative keys as in a bucket)")
+    if side.kind == "sftp" and not (ssh.host and ssh.user):
+        raise ConfigError(f"{name}.kind", "\"sftp\" reads the folder over the [ssh] connection: set ssh.host "
+                                          "and ssh.user (ssh.enabled decides only whether the database goes "
+                                          "through it too)")

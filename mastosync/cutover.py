@@ -44,9 +44,14 @@ def env_lines(destination: DestinationSettings) -> list[str]:
 
 def instructions(settings: Settings) -> str:
     """The cut-over, step by step, for this source and destination."""
+    if settings.destination.is_folder:
+        return to_folder(settings)
     old, new = public_base(settings.source), public_base(settings.destination)
     old_host, new_host = urlsplit(old).netloc, urlsplit(new).netloc
     env = "\n".join(f"    {line}" for line in env_lines(settings.destination))
+    # Files served by Mastodon's own host before (local storage) need no other host allowed.
+    old_hosts = "" if settings.source.is_folder else (
+        f"    EXTRA_MEDIA_HOSTS={old_host}    # the old media host: posts and other servers still link to it\n")
     return f"""\
 Cut-over to {settings.destination.bucket} ({new}):
 
@@ -56,8 +61,7 @@ Cut-over to {settings.destination.bucket} ({new}):
  2. Set in .env.production (and the keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY):
 {env}
     S3_ALIAS_HOST=<the host that serves the new bucket, if a CDN or proxy does>
-    EXTRA_MEDIA_HOSTS={old_host}    # the old media host: posts and other servers still link to it
-    then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
+{old_hosts}    then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
  3. Catch up with what was written meanwhile: mastosync run --since last
  4. Prove it: mastosync verify --all
  5. Old URLs under /system/ (local storage before, or an alias host you keep): serve them
@@ -73,4 +77,26 @@ Cut-over to {settings.destination.bucket} ({new}):
         limit_except GET HEAD {{ deny all; }}
         add_header Cache-Control "public, max-age=315576000, immutable";
     }}
+"""
+
+
+def to_folder(settings: Settings) -> str:
+    """Back to local storage: Mastodon serves the files itself, from PAPERCLIP_ROOT_PATH."""
+    destination = settings.destination
+    where = destination.root if destination.kind == "filesystem" else f"{destination.root} on {settings.ssh.host}"
+    old = "" if settings.source.is_folder else (
+        f"\n 5. Posts and other servers still link to the old media host ({urlsplit(public_base(settings.source)).netloc}):"
+        "\n    keep the old bucket readable until their caches have moved on.")
+    return f"""\
+Cut-over to the folder {where} (Mastodon's local storage):
+
+ 1. Set in .env.production, and remove the other S3_* lines:
+    S3_ENABLED=false
+    PAPERCLIP_ROOT_PATH={destination.root}    # not needed if it is <mastodon>/public/system
+    PAPERCLIP_ROOT_URL=/system
+    then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
+ 2. Let the web server serve /system/ from that folder (Mastodon's nginx example does, for
+    public/system; files of suspended accounts are mode 0600 and so not served).
+ 3. Catch up with what was written meanwhile: mastosync run --since last
+ 4. Prove it: mastosync verify --all{old}
 """

@@ -9,10 +9,12 @@ message on one line and exits with its code. Nothing else escapes as a traceback
     ├── ConnectError                  something the run needs cannot be reached
     │   ├── DatabaseError             PostgreSQL: refused, bad password, missing table
     │   ├── TunnelError               SSH: refused, host key, authentication, forward
-    │   └── BucketError               S3: endpoint unreachable, credentials, no bucket
+    │   ├── BucketError               S3: endpoint unreachable, credentials, no bucket
+    │   └── FolderError               a folder root: missing, not a folder, not readable/writable
     ├── StateBusy                     another run holds the state directory's lock
     ├── ObjectsFailed                 exit 1: the run finished but some objects failed
     ├── EndpointDown                  exit 1: a bucket's endpoint stopped answering mid-run
+    ├── DiskFull                      exit 1: a folder destination's filesystem filled up mid-run
     ├── VerifyGaps                    exit 1: verify found objects absent or different
     └── Interrupted                   exit 130 (SIGINT) or 143 (SIGTERM); progress saved
 
@@ -60,6 +62,10 @@ class BucketError(ConnectError):
     """An S3 endpoint or bucket is unreachable or refuses our credentials."""
 
 
+class FolderError(ConnectError):
+    """A folder side's root is missing, not a directory, or cannot be read or written."""
+
+
 class StateBusy(MastosyncError):
     """Another run is using the same state directory (overlapping cron jobs)."""
 
@@ -72,6 +78,13 @@ class ObjectsFailed(MastosyncError):
 
 class EndpointDown(MastosyncError):
     """An endpoint has answered nothing but failures for longer than sync.timeout: the run stops."""
+
+    exit_code = 1
+
+
+class DiskFull(MastosyncError):
+    """The destination folder's filesystem is full (or the quota reached): every next write
+    would fail too, so the run stops; the partial file is removed, complete ones stay."""
 
     exit_code = 1
 

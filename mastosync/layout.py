@@ -314,3 +314,28 @@ def objects_of(
                                      f"{folder}{style.name}/{style_file_name(original, style)}",
                                      None, content_type, private, fallback, derived_estimate))
     return found
+
+
+# The type of a derived style's file by its format, where it differs from the original's.
+FORMAT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "gif": "image/gif",
+                "webp": "image/webp", "avif": "image/avif"}
+
+
+def likely_content_type(obj: MediaObject) -> str | None:
+    """What the row says an object is, for when its bytes say nothing (a folder source):
+    the original's content type, or the type of a derived style's format (a video's small
+    is a PNG)."""
+    if obj.style != "original":
+        extension = obj.key.rpartition("/")[2].rpartition(".")[2].lower()
+        if extension in FORMAT_TYPES:
+            return FORMAT_TYPES[extension]
+    return obj.content_type
+
+
+def file_mode(obj: MediaObject) -> int:
+    """The mode Mastodon's local storage gives the file: 0600 for media it has hidden (a
+    suspended account's, a removed post's: UpdateMediaAttachmentsPermissionsService), so
+    that the web server no longer serves it; 0644 for the rest, backups included (their
+    download links are served from the folder)."""
+    hidden = obj.private and TYPES[obj.type].privacy == PRIVATE_IF_HIDDEN
+    return 0o600 if hidden else 0o644

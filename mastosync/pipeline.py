@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mastosync import cutover, layout, records
 from mastosync.config import Settings, format_size
@@ -37,7 +37,8 @@ from mastosync.errors import (
 from mastosync.progress import Display, Stats, summary_json, total_of
 from mastosync.redact import redact
 from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, RunLock, TypeProgress
-from mastosync.storage import Bucket, Head, RetryPolicy, StorageError, upload_extra
+from mastosync.storage import Head, RetryPolicy, StorageError
+from mastosync.stores import Store, make_store, needs_ssh
 from mastosync.transfer import (
     ABSENT,
     COPIED,
@@ -48,8 +49,12 @@ from mastosync.transfer import (
     Known,
     MemoryBudget,
     Outcome,
+    WriteAs,
     keep_large_buffers_mapped,
 )
+
+if TYPE_CHECKING:
+    from mastosync.tunnel import Tunnel
 
 
 @dataclass(frozen=True)
@@ -88,16 +93,26 @@ def filters_for(settings: Settings, request: Request) -> records.Filters:
     )
 
 
+async def open_ssh(stack: contextlib.AsyncExitStack, settings: Settings, with_files: bool) -> Tunnel | None:
+    """The one SSH connection to the Mastodon host, when the database goes through it or
+    (`with_files`) a side is a folder there; None when nothing needs it."""
+    if not settings.ssh.enabled and not (with_files and needs_ssh(settings.source, settings.destination)):
+        return None
+    # Imported only when used: asyncssh and its crypto add 16 MB and 0.3 s to every start.
+    from mastosync.tunnel import Tunnel
+
+    database = settings.database if settings.ssh.enabled else None
+    return await stack.enter_async_context(Tunnel(settings.ssh, database))
+
+
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[records.Database]:
+async def open_database(settings: Settings, tunnel: Tunnel | None = None) -> AsyncIterator[records.Database]:
     """The database, through the SSH tunnel when configured; both closed on every exit."""
     async with contextlib.AsyncExitStack() as stack:
         endpoint = None
         if settings.ssh.enabled:
-            # Imported only when used: asyncssh and its crypto add 16 MB and 0.3 s to every start.
-            from mastosync.tunnel import Tunnel
-
-            tunnel = await stack.enter_async_context(Tunnel(settings.ssh, settings.database))
+            tunnel = tunnel or await open_ssh(stack, settings, with_files=False)
+            assert tunnel is not None
             endpoint = tunnel.endpoint
         db = records.Database(settings.database, endpoint)
         stack.push_async_callback(db.close)
@@ -216,7 +231,7 @@ def listing_root(obj: layout.MediaObject) -> str:
     return f"{cache}{ATTACHMENT_PATHS[obj.type, obj.attachment]}/"
 
 
-async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, need_source: bool) -> None:
+async def learn_sizes(jobs: list[Job], source: Store, destination: Store, need_source: bool) -> None:
     """Fill in each job's sizes by listing key ranges instead of one HEAD per object.
 
     Records arrive in id order, so a batch's keys under one root sit in a narrow key range
@@ -237,7 +252,7 @@ async def learn_sizes(jobs: list[Job], source: Bucket, destination: Bucket, need
                            for root, group in groups.items()))
 
 
-async def _learn_group(root: str, group: list[Job], source: Bucket, destination: Bucket,
+async def _learn_group(root: str, group: list[Job], source: Store, destination: Store,
                        need_source: bool) -> None:
     pages = 2 + len(group) // 500
     source_listing = asyncio.create_task(_sizes(source, root, [j.source_key for j in group], pages))
@@ -253,9 +268,9 @@ async def _learn_group(root: str, group: list[Job], source: Bucket, destination:
         )
 
 
-async def _sizes(bucket: Bucket, root: str, keys: list[str], pages: int) -> dict[str, int] | None:
+async def _sizes(bucket: Store, root: str, keys: list[str], pages: int) -> dict[str, int] | None:
     try:
-        return await bucket.sizes_between(layout.full_key(bucket.settings.key_prefix, root), min(keys), max(keys),
+        return await bucket.sizes_between(layout.full_key(bucket.key_prefix, root), min(keys), max(keys),
                                           pages)
     except StorageError:
         return None
@@ -425,8 +440,8 @@ class Prepared:
     """What both run and verify set up before touching any object."""
 
     db: records.Database
-    source: Bucket
-    destination: Bucket
+    source: Store
+    destination: Store
     queries: dict[str, records.Query | None]
     retry_queries: dict[str, records.Query | None]
     stats: dict[str, Stats]
@@ -442,17 +457,19 @@ async def _prepare(stack: contextlib.AsyncExitStack, settings: Settings, request
                    progress: dict[str, TypeProgress], write: bool) -> Prepared:
     """Connect everything and check access up front: a bad password or bucket stops us here."""
     filters = filters_for(settings, request)
-    db = await stack.enter_async_context(open_database(settings))
+    tunnel = await open_ssh(stack, settings, with_files=True)
+    db = await stack.enter_async_context(open_database(settings, tunnel))
     pool = request.concurrency + 8
-    source = await stack.enter_async_context(Bucket(settings.source, pool, settings.sync.timeout, "source"))
-    destination = await stack.enter_async_context(
-        Bucket(settings.destination, pool, settings.sync.timeout, "destination"))
+    source: Store = await stack.enter_async_context(
+        make_store(settings.source, "source", pool, settings.sync.timeout, tunnel))
+    destination: Store = await stack.enter_async_context(
+        make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel))
     # Both buckets at once, and while the database is asked what to do: each check is a
     # round trip or two to a provider that may be far away.
     # The write check sends what every copy sends (ACL, storage class), so a bucket that refuses
     # them is found now.
-    checks = asyncio.gather(source.check(), destination.check(write=write, extra=upload_extra(settings.destination,
-                                                                                               Head(0))),
+    checks = asyncio.gather(source.check(), destination.check(write=write, extra=destination.headers_for(Head(0),
+                                                                                                          False)),
                             return_exceptions=True)
     try:
         queries: dict[str, records.Query | None] = {}
@@ -561,7 +578,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                             + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
         sync = settings.sync
         copier = Copier(
-            prepared.source, prepared.destination, settings.destination,
+            prepared.source, prepared.destination,
             multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
             policy=RetryPolicy(retries=sync.retries),
             # Object bytes held at once: one object at the threshold plus one part. Reading a
@@ -575,7 +592,9 @@ async def _run_locked(settings: Settings, request: Request) -> None:
 
         async def copy_one(job: Job) -> Outcome:
             try:
-                return await copier.copy(job.source_key, job.destination_key, job.known, job.obj.private)
+                obj = job.obj
+                how = WriteAs(obj.private, layout.likely_content_type(obj), layout.file_mode(obj))
+                return await copier.copy(job.source_key, job.destination_key, job.known, how=how)
             except MastosyncError:
                 raise  # stops the run (expired credentials): every other object would fail the same way
             except StorageError as exc:  # classified but escaped: count it, never lose the worker

@@ -320,7 +320,8 @@ class Display:
         private = total.private
         if self.mode == "copy" and total.proofs:
             names = {"md5": "the source's MD5 ETag", "multipart-etag": "its multipart ETag recomputed",
-                     "server-side": "server-side copy", "transfer": "the destination's Content-MD5 check only"}
+                     "server-side": "server-side copy", "transfer": "the destination's Content-MD5 check only",
+                     "written": "the bytes written as read (neither side keeps a checksum)"}
             self.message("content proven: " + ", ".join(f"{n} by {names.get(proof, proof)}"
                                                          for proof, n in total.proofs.most_common()))
         if self.mode == "copy" and private:

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from mastosync.config import Settings
+from mastosync.config import BucketSettings, Settings
 from mastosync.errors import ConfigError, StateBusy
 from mastosync.redact import redact
 
@@ -169,10 +169,15 @@ class ResumeState:
 def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """What makes two runs the same migration: both places, include_remote and the shard
     (not --since)."""
-    src, dst = settings.source, settings.destination
-    # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
-    found: dict[str, Any] = {"source": [src.endpoint, src.bucket, src.key_prefix],
-                             "destination": [dst.endpoint, dst.bucket, dst.key_prefix],
+    def place(side: BucketSettings) -> list[str]:
+        if side.kind == "sftp":
+            return ["sftp", f"{settings.ssh.user}@{settings.ssh.host}:{settings.ssh.port}", side.root]
+        if side.kind == "filesystem":
+            return ["filesystem", side.root]
+        # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
+        return [side.endpoint, side.bucket, side.key_prefix]
+
+    found: dict[str, Any] = {"source": place(settings.source), "destination": place(settings.destination),
                              "include_remote": settings.sync.include_remote}
     if shard is not None:  # absent when not sharded: older state files keep their name
         found["shard"] = list(shard)

@@ -375,6 +375,9 @@ class Body:
     def close(self) -> None:
         self._response.release()
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class CredentialsExpired(BucketError):
     """The configured session token has expired: every request will now fail, so the run stops."""
@@ -382,6 +385,8 @@ class CredentialsExpired(BucketError):
 
 class Bucket:
     """A bucket on an endpoint. Use as an async context manager: the connections live for the run."""
+
+    checks_content_md5 = True  # every PUT and part carries one; the server refuses damaged bodies
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
                  label: str = "bucket") -> None:
@@ -408,6 +413,15 @@ class Bucket:
 
     def describe(self) -> str:
         return f"{self.label} bucket {self.name!r} at {self.settings.endpoint or 'AWS ' + self._region}"
+
+    @property
+    def key_prefix(self) -> str:
+        return self.settings.key_prefix
+
+    def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]:
+        """What a PUT of this object sends (a file's `mode` means nothing to a bucket)."""
+        assert isinstance(self.settings, DestinationSettings), "only a destination is written"
+        return upload_extra(self.settings, head, private)
 
     async def __aenter__(self) -> Bucket:
         self._open_transport()

@@ -32,17 +32,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from mastosync.config import DestinationSettings
 from mastosync.storage import (
-    Body,
     Bucket,
     Head,
     NotFound,
     RetryPolicy,
     StorageError,
     Transient,
-    upload_extra,
 )
+from mastosync.stores import Body, Store
 
 COPIED = "copied"
 SKIPPED = "skipped"
@@ -54,6 +52,7 @@ PROOF_MD5 = "md5"  # the MD5 of the bytes is the source's (single-part) ETag
 PROOF_MULTIPART = "multipart-etag"  # the source's multipart ETag, recomputed from the bytes
 PROOF_SERVER = "server-side"  # copied by the provider itself
 PROOF_TRANSFER = "transfer"  # only that the destination got the bytes as read (ETag no MD5)
+PROOF_WRITTEN = "written"  # a folder destination checks no Content-MD5: the bytes as read, written
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
@@ -75,6 +74,15 @@ class Known(NamedTuple):
 
 
 NOTHING_KNOWN = Known()
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAs:
+    """How the destination writes an object, from what the database says of it."""
+
+    private: bool = False  # never written with the configured (public) ACL
+    content_type: str | None = None  # when the source tells none (a file, not sniffed)
+    mode: int = 0o644  # a file's mode in a folder destination
 
 
 @dataclass(slots=True)
@@ -222,9 +230,8 @@ def _even_split(size: int, parts: int) -> int:
 class Copier:
     """Everything a copy needs that is the same for every object of a run."""
 
-    source: Bucket
-    destination: Bucket
-    settings: DestinationSettings
+    source: Store
+    destination: Store
     multipart_threshold: int
     part_size: int
     policy: RetryPolicy
@@ -233,20 +240,22 @@ class Copier:
     on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
 
     async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
-                   private: bool = False) -> Outcome:
+                   private: bool = False, how: WriteAs | None = None) -> Outcome:
         """Copy one object. `known` holds sizes already learnt by listing, saving HEADs;
-        `private` objects are never written with the configured (public) ACL."""
+        `private` objects are never written with the configured (public) ACL; `how` says
+        what the database knows of the object (its likely type, a file's mode)."""
         counter = [0]  # every retry of this copy, the parts' and PUTs' retried in place included
         token = _RETRIES.set(counter)
+        how = how or WriteAs(private)
         try:
-            outcome = await self._copy(source_key, destination_key, known, private)
+            outcome = await self._copy(source_key, destination_key, known, how)
         finally:
             _RETRIES.reset(token)
         outcome.retries = counter[0]
         return outcome
 
     async def _copy(self, source_key: str, destination_key: str, known: Known | None,
-                    private: bool) -> Outcome:
+                    how: WriteAs) -> Outcome:
         attempt = failures = throttles = 0
         first_throttle: float | None = None
         mismatched: str | None = None  # the MD5 of a read whose ETag did not match
@@ -255,7 +264,7 @@ class Copier:
             try:
                 # A retry asks again: what was listed may have changed since.
                 hints = known if attempt == 1 and known is not None else NOTHING_KNOWN
-                outcome = await self._copy_once(source_key, destination_key, hints, private, mismatched)
+                outcome = await self._copy_once(source_key, destination_key, hints, how, mismatched)
                 outcome.attempts = attempt
                 return outcome
             except SourceMissing:
@@ -295,6 +304,12 @@ class Copier:
                 return Outcome(FAILED, 0, attempt, str(exc))
 
     @functools.cached_property
+    def _weakest(self) -> str:
+        """The proof of a copy whose source has no MD5 to compare: the destination's check of
+        our Content-MD5 (a bucket), or none at all (a folder)."""
+        return PROOF_TRANSFER if self.destination.checks_content_md5 else PROOF_WRITTEN
+
+    @functools.cached_property
     def _in_place(self) -> RetryPolicy:
         """Retries of a request whose bytes are in hand (a PUT, a part): a few, then a fresh GET."""
         return dataclasses.replace(self.policy, retries=min(self.policy.retries, 3))
@@ -306,7 +321,7 @@ class Copier:
         if self.on_retry is not None:
             self.on_retry(key, attempt, str(error))
 
-    async def _copy_once(self, source_key: str, destination_key: str, known: Known, private: bool,
+    async def _copy_once(self, source_key: str, destination_key: str, known: Known, how: WriteAs,
                          mismatched: str | None) -> Outcome:
         # A destination declared down fails the object now, before its source is read.
         self.destination.ensure_up(f"PUT {destination_key}")
@@ -321,19 +336,21 @@ class Copier:
             if source_size == destination_size:
                 return Outcome(SKIPPED, size=source_size)
         if self.server_side:
-            return await self._server_side(source_key, destination_key, source_size, private)
+            return await self._server_side(source_key, destination_key, source_size, how.private)
         try:
             head, body = await self.source.get(source_key)
         except NotFound:
             raise SourceMissing(source_key) from None
         try:
-            extra = upload_extra(self.settings, head, private)
+            if head.content_type is None and how.content_type:  # a file whose bytes said nothing
+                head = dataclasses.replace(head, content_type=how.content_type)
+            extra = self.destination.headers_for(head, how.private, how.mode)
             if head.size <= self.multipart_threshold:
                 proof, note = await self._single(body, head, destination_key, extra, mismatched)
             else:
                 proof, note = await self._multipart(body, head, destination_key, extra, mismatched)
         finally:
-            body.close()
+            await body.aclose()
         return Outcome(COPIED, head.size, proof=proof, note=note, size=head.size)
 
     async def _source_size(self, source_key: str) -> int:
@@ -344,6 +361,8 @@ class Copier:
 
     async def _server_side(self, source_key: str, destination_key: str, size: int | None,
                            private: bool) -> Outcome:
+        # Only between two buckets of one account on one endpoint (config.same_place_as).
+        assert isinstance(self.source, Bucket) and isinstance(self.destination, Bucket)
         head = None
         if size is None or size > MAX_COPY_OBJECT:
             head = await self.source.head(source_key)
@@ -353,7 +372,7 @@ class Copier:
         try:
             if size <= MAX_COPY_OBJECT:
                 await self.destination.copy(self.source, source_key, destination_key,
-                                            upload_extra(self.settings, Head(0), private))
+                                            self.destination.headers_for(Head(0), private))
             else:
                 assert head is not None
                 await self._copy_in_parts(source_key, destination_key, head, private)
@@ -365,8 +384,9 @@ class Copier:
 
     async def _copy_in_parts(self, source_key: str, key: str, head: Head, private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
+        assert isinstance(self.source, Bucket) and isinstance(self.destination, Bucket)
         part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
-        upload_id = await self.destination.start_multipart(key, upload_extra(self.settings, head, private))
+        upload_id = await self.destination.start_multipart(key, self.destination.headers_for(head, private))
         try:
             etags: list[str] = []
             for number, first in enumerate(range(0, head.size, part), start=1):
@@ -384,7 +404,7 @@ class Copier:
         try:
             data = await body.read(head.size, last=True)
             digest = await md5_of(data)
-            proof, note = PROOF_TRANSFER, None
+            proof, note = self._weakest, None
             if head.md5 is not None:
                 if digest.hex() == head.md5:
                     proof = PROOF_MD5
@@ -430,17 +450,19 @@ class Copier:
         if whole is not None:
             if whole.hexdigest() == head.md5:
                 return PROOF_MD5, None
-            return PROOF_TRANSFER, "the source's ETag is not the MD5 of its bytes (read twice, the same)"
+            return self._weakest, "the source's ETag is not the MD5 of its bytes (read twice, the same)"
         if etags_of_source.plausible and etags_of_source.matches():
             return PROOF_MULTIPART, None
-        return PROOF_TRANSFER, "the source's multipart ETag could not be recomputed (part size unknown)"
+        if not head.etag:  # a file: nothing to recompute
+            return self._weakest, None
+        return self._weakest, "the source's multipart ETag could not be recomputed (part size unknown)"
 
-    async def _put(self, key: str, data: bytearray, md5: str, extra: dict[str, Any]) -> None:
+    async def _put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, Any]) -> None:
         """The PUT of a body in hand, retried alone (a few times): a fresh GET only if that fails."""
         await self._in_place.call(lambda: self.destination.put(key, data, md5, extra),
                           on_retry=lambda attempt, error: self._retrying(key, attempt, error))
 
-    async def _part(self, key: str, upload_id: str, number: int, data: bytearray, digest: bytes) -> str:
+    async def _part(self, key: str, upload_id: str, number: int, data: bytes | bytearray, digest: bytes) -> str:
         """Upload one part, retrying it alone (a few times): its bytes are in hand, the GET stays open."""
         md5 = base64.b64encode(digest).decode()
         return await self._in_place.call(lambda: self.destination.upload_part(key, upload_id, number, data, md5),

@@ -1,8 +1,9 @@
-"""An SSH tunnel to the database: an asyncssh connection with a local port forward.
+"""One SSH login to the Mastodon host: a port forward to the database, and SFTP for its files.
 
 `Tunnel.endpoint()` gives the loopback (host, port) that reaches database.host:port as
-seen from the SSH server. If the SSH connection drops, the next call reconnects, so the
-record stream can re-open its cursor and carry on.
+seen from the SSH server; `Tunnel.sftp()` an SFTP client on the same connection (a folder
+side of kind "sftp"). If the SSH connection drops, the next call reconnects, so the
+record stream can re-open its cursor and the copies retry, and carry on.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ class _Client(asyncssh.SSHClient):
 class Tunnel:
     """Async context manager; closes the SSH connection on every exit path."""
 
-    def __init__(self, ssh: SshSettings, database: DatabaseSettings, warn: Any = None) -> None:
+    def __init__(self, ssh: SshSettings, database: DatabaseSettings | None, warn: Any = None) -> None:
         self.ssh = ssh
         self.database = database
         self._warn = warn or (lambda text: print(text, file=sys.stderr))
         self._conn: asyncssh.SSHClientConnection | None = None
         self._client: _Client | None = None
         self._listener: asyncssh.SSHListener | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._keys: list[asyncssh.SSHKey] | None = None
         self.connects = 0
@@ -53,7 +55,8 @@ class Tunnel:
             )
 
     async def __aenter__(self) -> Tunnel:
-        await self.endpoint()
+        async with self._lock:
+            await self._open()
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
@@ -69,10 +72,36 @@ class Tunnel:
         async with self._lock:
             if self._conn is None or self._client is None or self._client.lost:
                 await self._open()
-            assert self._listener is not None
+            assert self._listener is not None, "a tunnel opened without a database has no forward"
             return "127.0.0.1", self._listener.get_port()
 
+    async def sftp(self) -> asyncssh.SFTPClient:
+        """The SFTP client on this connection, reconnecting (and restarting it) if it was lost."""
+        async with self._lock:
+            if self._conn is None or self._client is None or self._client.lost:
+                await self._open()
+            assert self._conn is not None
+            if self._sftp is None:
+                try:
+                    self._sftp = await self._conn.start_sftp_client()
+                except asyncssh.Error as exc:
+                    raise TunnelError(f"SSH {self.where}: the server offers no SFTP ({exc}); enable its "
+                                      "sftp subsystem (Subsystem sftp in sshd_config)") from None
+            return self._sftp
+
+    async def run(self, command: str) -> str:
+        """A command's output on the SSH host (looking up a user for destination.owner)."""
+        async with self._lock:
+            if self._conn is None or self._client is None or self._client.lost:
+                await self._open()
+            assert self._conn is not None
+            result = await self._conn.run(command, check=True, timeout=30)
+        return str(result.stdout)
+
     async def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
+            self._sftp = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -88,6 +117,10 @@ class Tunnel:
         await self.close()
         conn, client = await self._connect()
         db = self.database
+        if db is None:  # SFTP only: the database is reached another way
+            self._conn, self._client = conn, client
+            self.connects += 1
+            return
         try:
             # Probe once: a server that forbids forwarding says so here, not as a puzzling
             # database error later.

@@ -72,7 +72,7 @@ async def copier(s3: S3Server, src: str, dst: str, source_endpoint: str | None =
     source = side(s3, src, source_endpoint)
     target = side(s3, dst, destination_endpoint, DestinationSettings, **destination)
     async with Bucket(source, 8, timeout=10) as s, Bucket(target, 8, timeout=10) as d:
-        yield Copier(s, d, target, multipart_threshold=16 * MiB, part_size=8 * MiB,
+        yield Copier(s, d, multipart_threshold=16 * MiB, part_size=8 * MiB,
                      policy=RetryPolicy(retries=retries, base=0.01, cap=0.05), budget=MemoryBudget(64 * MiB),
                      server_side=server_side)
 

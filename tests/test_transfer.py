@@ -41,7 +41,7 @@ async def copier(server: S3Server, src: str, dst: str, endpoint: str | None = No
     source = BucketSettings(**bucket_settings(server, src, endpoint))
     destination = DestinationSettings(**bucket_settings(server, dst, endpoint, acl=acl))
     async with Bucket(source, concurrency, timeout=20) as s, Bucket(destination, concurrency, timeout=20) as d:
-        yield Copier(s, d, destination, multipart_threshold=16 * MiB, part_size=8 * MiB,
+        yield Copier(s, d, multipart_threshold=16 * MiB, part_size=8 * MiB,
                      policy=RetryPolicy(retries=retries, base=0.01, cap=0.2), budget=MemoryBudget(budget),
                      server_side=server_side)
 

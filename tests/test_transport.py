@@ -257,7 +257,7 @@ async def copy_between(server: RcloneServer) -> AsyncIterator[Callable[[], Await
 
     async def copy() -> dict[str, str]:
         async with Bucket(bucket(server, src), 4) as s, Bucket(destination, 4) as d:
-            copier = Copier(s, d, destination, 8 << 20, 8 << 20, RetryPolicy(retries=2), MemoryBudget(64 << 20))
+            copier = Copier(s, d, 8 << 20, 8 << 20, RetryPolicy(retries=2), MemoryBudget(64 << 20))
             return {key: (await copier.copy(key, key)).status for key in data}
 
     yield copy

@@ -27,7 +27,12 @@ T_NEW = datetime(2026, 6, 1, 12, 0)
 
 MAGIC = {"image/jpeg": b"\xff\xd8\xff\xe0", "image/png": b"\x89PNG\r\n\x1a\n", "image/gif": b"GIF89a",
          "image/webp": b"RIFF\x00\x00\x00\x00WEBP", "video/mp4": b"\x00\x00\x00\x18ftypmp42",
-         "audio/mpeg": b"ID3\x03"}
+         "audio/mpeg": b"ID3\x03", "image/heic": b"\x00\x00\x00\x18ftypheic", "image/avif": b"\x00\x00\x00\x1cftypavif",
+         "application/zip": b"PK\x03\x04", "image/vnd.microsoft.icon": b"\x00\x00\x01\x00",
+         "image/x-icon": b"\x00\x00\x01\x00"}
+# What libmagic (Paperclip) says of those bytes where the stored Content-Type says otherwise:
+# the type a copy from a folder, which has no stored type, must send.
+SNIFFED = {"image/x-icon": "image/vnd.microsoft.icon"}
 
 
 def body(key: str, size: int, content_type: str) -> bytes:
@@ -334,6 +339,8 @@ async def seed(inst: Instance, db: Any, s3: Any, bucket: str, prefix: str = "") 
     """Insert the rows and upload the present objects (and the orphans) to `bucket`."""
     for table, rows in inst.rows.items():
         await db.insert(table, rows)
+    if s3 is None:  # the rows only (the files go to a folder: seed_folder)
+        return
     # Mastodon's S3_KEY_PREFIX rule: prefix + "/" + key, one leading "/" dropped.
     full = (lambda k: f"{prefix}/{k}".removeprefix("/")) if prefix else (lambda k: k)
     for obj in inst.objects:
@@ -342,6 +349,23 @@ async def seed(inst: Instance, db: Any, s3: Any, bucket: str, prefix: str = "") 
                    acl="private" if obj.private else "public-read")
     for key in inst.orphans:
         s3.put(bucket, full(key), b"orphan " + key.encode(), "image/png")
+
+
+def seed_folder(inst: Instance, root: Any) -> None:
+    """Write the present objects (and the orphans) as files under `root`, as Mastodon's local
+    storage keeps them (public/system): the same relative keys, hidden media mode 0600."""
+    from pathlib import Path
+
+    for obj in inst.objects:
+        if obj.present:
+            path = Path(root) / obj.key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(obj.data)
+            path.chmod(0o600 if obj.private and obj.type == "media_attachments" else 0o644)
+    for key in inst.orphans:
+        path = Path(root) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"orphan " + key.encode())
 
 
 def add_bulk(inst: Instance, media: int = 0, accounts: int = 0, emojis: int = 0, cards: int = 0,

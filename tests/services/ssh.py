@@ -90,6 +90,15 @@ def sshd_binary() -> str | None:
     return None
 
 
+def sftp_server_binary() -> str | None:
+    """OpenSSH's sftp-server, the program most hosts run for SFTP (else sshd's internal one)."""
+    for candidate in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                      "/usr/libexec/sftp-server", "/usr/lib/ssh/sftp-server"):
+        if Path(candidate).exists():
+            return candidate
+    return None
+
+
 class OpenSshServer(SshServerBase):
     """OpenSSH's sshd in the foreground (-D) with a config of its own; runs as the current user."""
 
@@ -110,6 +119,7 @@ class OpenSshServer(SshServerBase):
             "KbdInteractiveAuthentication no\nUsePAM no\nAllowTcpForwarding yes\n"
             f"PidFile {self.root / 'sshd.pid'}\nStrictModes no\nPermitRootLogin yes\n"
             "LogLevel VERBOSE\n"
+            f"Subsystem sftp {sftp_server_binary() or 'internal-sftp'}\n"
         )
         check = subprocess.run([binary, "-t", "-f", str(config)], capture_output=True, text=True)
         if check.returncode != 0:

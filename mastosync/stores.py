@@ -1,0 +1,86 @@
+"""Where objects are kept: the interface the copier and the pipeline use, and the choice of backend.
+
+    kind = "s3"          storage.Bucket          a bucket on an S3-compatible endpoint
+    kind = "filesystem"  folders.FolderStore     a folder on this machine (localfiles)
+    kind = "sftp"        folders.FolderStore     a folder on the [ssh] host (sftpfiles)
+
+Every command works for every pair: the copier reads with `get`, writes with `put` or a
+multipart upload, and learns sizes with `head` and `sizes_between`; what differs (a
+bucket's ACL, a file's mode) is in the headers each store makes with `headers_for`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.storage import Bucket, Head, RetryPolicy
+
+if TYPE_CHECKING:  # asyncssh costs 16 MB and 0.3 s at start: imported only when a side needs it
+    from mastosync.tunnel import Tunnel
+
+
+class Body(Protocol):
+    async def read(self, size: int, last: bool) -> bytes | bytearray: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Store(Protocol):
+    label: str
+    key_prefix: str
+    checks_content_md5: bool
+    on_upload_started: Any
+    on_upload_ended: Any
+
+    def describe(self) -> str: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def ensure_up(self, what: str) -> None: ...
+
+    async def check(self, write: bool = False, policy: RetryPolicy | None = None,
+                    extra: dict[str, str] | None = None) -> None: ...
+
+    def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]: ...
+
+    async def head(self, key: str) -> Head | None: ...
+
+    async def get(self, key: str) -> tuple[Head, Any]: ...
+
+    async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None: ...
+
+    async def start_multipart(self, key: str, extra: dict[str, str]) -> str: ...
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray,
+                          md5: str | None = None) -> str: ...
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None: ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> bool: ...
+
+    async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
+                            page_size: int = 1000) -> dict[str, int] | None: ...
+
+
+def needs_ssh(*sides: BucketSettings) -> bool:
+    return any(side.kind == "sftp" for side in sides)
+
+
+def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None) -> Any:
+    """The store for one side of the copy (to be entered as an async context manager)."""
+    owner = side.owner if isinstance(side, DestinationSettings) else ""
+    if side.kind == "filesystem":
+        from mastosync.folders import FolderStore
+        from mastosync.localfiles import LocalFiles
+
+        return FolderStore(LocalFiles(side.root, label, pool, owner), label)
+    if side.kind == "sftp":
+        from mastosync.folders import FolderStore
+        from mastosync.sftpfiles import SftpFiles
+
+        assert tunnel is not None, "an sftp side needs the SSH connection"
+        return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)
+    return Bucket(side, pool, timeout, label)
