@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 S3RVER  = $(VENV)/s3rver/node_modules/.bin/s3rver
 
-.PHONY: test demo lint bench venv clean
+.PHONY: test demo demo-disk lint bench venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tests/services/demo.py
+
+# The same migration from Mastodon's local storage (a public/system folder) into a bucket.
+demo-disk: $(STAMP)
+	$(BIN)/python tests/services/demo.py --disk
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py

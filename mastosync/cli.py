@@ -345,7 +345,9 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
             raw = Path(env_path).expanduser().read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {env_path}: {exc.strerror}") from None
-    text, to_set = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), env_path)
+    where = env_path if over_ssh else str(Path(env_path).expanduser().resolve())
+    text, to_set = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), where,
+                                               over_ssh)
     target.write_text(text)
     click.echo(f"wrote {target.resolve()}: fill in [destination], then set these variables (the values are "
                "in the env file):")

@@ -10,6 +10,7 @@ name only. `[destination]` is left for the admin to fill in.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*)$")
@@ -63,8 +64,12 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))
 
 
-def config_from_env(env: dict[str, str], source_name: str) -> tuple[str, list[str]]:
-    """(the TOML text, the MASTOSYNC_* variables to set for the secrets it left out)."""
+def config_from_env(env: dict[str, str], source_name: str, over_ssh: bool = False) -> tuple[str, list[str]]:
+    """(the TOML text, the MASTOSYNC_* variables to set for the secrets it left out).
+
+    An instance on local storage (S3_ENABLED not true) gets a folder source: its
+    PAPERCLIP_ROOT_PATH, else public/system beside the env file (Mastodon's default),
+    read over SFTP when the env file was (`over_ssh`)."""
     to_set: list[str] = []
     lines = [f"# Written by `mastosync init --from-env {source_name}`. Secrets are not in this file:",
              "# set the MASTOSYNC_* variables listed when it was written (or add them here).", "",
@@ -76,10 +81,15 @@ def config_from_env(env: dict[str, str], source_name: str) -> tuple[str, list[st
         lines.append(f"port = {int(env['DB_PORT'])}")
     if env.get("DB_PASS"):
         to_set.append("MASTOSYNC_DATABASE_PASSWORD  (DB_PASS in the env file)")
-    lines += ["", "[source]", "# The bucket Mastodon uses today."]
     if env.get("S3_ENABLED", "").lower() != "true":
-        lines.append("# S3_ENABLED is not true: this Mastodon keeps its files on local disk (public/system,")
-        lines.append("# or PAPERCLIP_ROOT_PATH); fill in the bucket it will move to as the destination.")
+        root = env.get("PAPERCLIP_ROOT_PATH") or posixpath.join(posixpath.dirname(source_name) or ".",
+                                                                "public", "system")
+        lines += ["", "[source]", "# S3_ENABLED is not true: this Mastodon keeps its files on local disk.",
+                  f"kind = {_toml('sftp' if over_ssh else 'filesystem')}"
+                  + ("   # on the [ssh] host, through the same login" if over_ssh else ""),
+                  f"root = {_toml(root)}   # PAPERCLIP_ROOT_PATH, else public/system beside .env.production"]
+        return _with_destination(lines, env, to_set)
+    lines += ["", "[source]", "# The bucket Mastodon uses today."]
     lines.append(f"bucket = {_toml(env.get('S3_BUCKET', 'CHANGE-ME'))}")
     if env.get("S3_ENDPOINT"):
         lines.append(f"endpoint = {_toml(env['S3_ENDPOINT'])}")
@@ -100,6 +110,10 @@ def config_from_env(env: dict[str, str], source_name: str) -> tuple[str, list[st
         alias = env.get("S3_ALIAS_HOST") or env.get("S3_CLOUDFRONT_HOST")
         lines.append(f"# S3_ALIAS_HOST={alias}: keep it in EXTRA_MEDIA_HOSTS after the cut-over "
                      "(`mastosync cutover`)")
+    return _with_destination(lines, env, to_set)
+
+
+def _with_destination(lines: list[str], env: dict[str, str], to_set: list[str]) -> tuple[str, list[str]]:
     lines += ["", "[destination]", "# The new bucket: fill these in.", 'bucket = "CHANGE-ME-NEW"',
               'endpoint = ""               # e.g. "https://<account>.r2.cloudflarestorage.com"',
               'region = "us-east-1"',

@@ -126,6 +126,9 @@ async def open_database(settings: Settings, tunnel: Tunnel | None = None) -> Asy
 def dry_run(settings: Settings, request: Request, output_format: str = "text", out: TextIO | None = None) -> None:
     """Print every object `run` would copy; touches no bucket."""
     out = out or sys.stdout
+    if output_format == "s3-batch-csv" and settings.source.is_folder:
+        raise UsageError("--format s3-batch-csv lists a bucket's objects for S3 Batch Operations; the source is "
+                         "a folder (--format rclone gives the paths under its root)")
     try:
         asyncio.run(_dry_run(settings, resolve_since(settings, request), output_format, out))
         out.flush()

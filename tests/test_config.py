@@ -108,7 +108,7 @@ BAD = [
     ("wrong type", MINIMAL + '[sync]\nconcurrency = "ten"\n', "sync.concurrency: expected an integer"),
     ("wrong bool", MINIMAL + '[sync]\ninclude_remote = "no"\n', "sync.include_remote: expected true or false"),
     ("missing bucket", "[source]\nbucket = 'x'\n[destination]\nacl = ''\n",
-     "destination.bucket: required key is missing"),
+     "destination.bucket: required for kind = \"s3\""),
     ("missing section", "[source]\nbucket = 'x'\n", "destination: section is required"),
     ("concurrency 0", MINIMAL + "[sync]\nconcurrency = 0\n", "sync.concurrency: expected a value between 1 and 1024"),
     ("concurrency huge", MINIMAL + "[sync]\nconcurrency = 100000\n", "sync.concurrency: expected a value between"),

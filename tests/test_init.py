@@ -95,3 +95,17 @@ def test_init_over_ssh_reads_the_env_file_on_the_mastodon_host(tmp_path: Path,
                       "--output", str(tmp_path / "other.toml"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,root", [("", "{live}/public/system"), ("PAPERCLIP_ROOT_PATH=/srv/files\n", "/srv/files")])
+def test_init_for_an_instance_on_local_storage(tmp_path: Path, extra: str, root: str) -> None:
+    """No S3_ENABLED: the source is the folder Mastodon keeps its files in."""
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / ".env.production").write_text("DB_HOST=localhost\nDB_USER=mastodon\n" + extra)
+    target = tmp_path / "config.toml"
+    result = run_cli("init", "--from-env", "live/.env.production", "--output", str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = config.load(target, environ={})
+    assert settings.source.kind == "filesystem"
+    assert settings.source.root == root.format(live=live)

@@ -4,6 +4,9 @@ Starts a throwaway PostgreSQL, a source S3 server (rclone serve s3) and a destin
 (moto, which keeps ACLs), seeds a small Mastodon-shaped instance, writes a config, and
 runs `mastosync dry-run --limit 5`, `mastosync run --all` and `mastosync verify --all`
 exactly as an admin would. Every server is stopped at the end, also on Ctrl-C or failure.
+
+`make demo-disk` (`--disk`): the source is Mastodon's local storage instead, a
+`public/system` folder, moved into the bucket with the headers Mastodon's upload sends.
 """
 
 from __future__ import annotations
@@ -36,39 +39,46 @@ def mastosync(*args: str) -> int:
     return subprocess.call(command, cwd=ROOT)
 
 
-async def seed(pg: PostgresServer, source: RcloneServer) -> tuple[MastodonDb, instance.Instance]:
+async def seed(pg: PostgresServer, source: RcloneServer | Path) -> tuple[MastodonDb, instance.Instance]:
     pg.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
     db = await make_db(pg, "4.6")
     inst = instance.build("4.6", video_size=20 * 1024 * 1024)
     instance.add_bulk(inst, media=120, accounts=40, emojis=15, cards=20)
+    if isinstance(source, Path):
+        await instance.seed(inst, db, None, "")
+        instance.seed_folder(inst, source)
+        return db, inst
     source.create_bucket("mastodon-old")
     await instance.seed(inst, db, source, "mastodon-old")
     return db, inst
 
 
-def main() -> int:
+def main(disk: bool) -> int:
     servers: list = []
     try:
-        say("starting PostgreSQL and two S3 servers on loopback")
+        shutil.rmtree(DEMO_DIR, ignore_errors=True)
+        DEMO_DIR.mkdir()
+        say(f"starting PostgreSQL and {'an S3 server' if disk else 'two S3 servers'} on loopback")
         pg = PostgresServer().start()
         servers.append(pg)
-        source = RcloneServer().start()
-        servers.append(source)
+        source: RcloneServer | Path = DEMO_DIR / "public" / "system"
+        if not disk:
+            source = RcloneServer().start()
+            servers.append(source)
         destination = MotoServer().start()
         servers.append(destination)
         destination.create_bucket("mastodon-new")
         db, inst = asyncio.run(seed(pg, source))
         present = sum(1 for o in inst.objects if o.present)
         print(f"seeded {sum(len(r) for r in inst.rows.values())} records referencing {len(inst.objects)} objects "
-              f"({present} in the source bucket, {len(inst.objects) - present} deliberately missing, "
-              f"{len(inst.orphans)} orphans the database does not reference)")
+              f"({present} in the source {'folder' if disk else 'bucket'}, {len(inst.objects) - present} "
+              f"deliberately missing, {len(inst.orphans)} orphans the database does not reference)")
 
-        shutil.rmtree(DEMO_DIR, ignore_errors=True)
-        DEMO_DIR.mkdir()
         (DEMO_DIR / "config.toml").write_text(to_toml({
             "database": {"host": pg.host, "port": pg.port, "name": db.name, "user": db.user, "password": db.password},
-            "source": {"endpoint": source.endpoint, "region": "us-east-1", "bucket": "mastodon-old",
-                       "access_key_id": source.access_key, "secret_access_key": source.secret_key},
+            "source": {"kind": "filesystem", "root": "public/system"} if isinstance(source, Path) else {
+                "endpoint": source.endpoint, "region": "us-east-1", "bucket": "mastodon-old",
+                "access_key_id": source.access_key, "secret_access_key": source.secret_key},
             "destination": {"endpoint": destination.endpoint, "region": "us-east-1", "bucket": "mastodon-new",
                             "access_key_id": destination.access_key, "secret_access_key": destination.secret_key,
                             "acl": "public-read"},
@@ -104,4 +114,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.pop("MASTOSYNC_CONFIG", None)
-    sys.exit(main())
+    sys.exit(main(disk="--disk" in sys.argv[1:]))
