@@ -209,11 +209,12 @@ def run(
     A report of failed and missing objects is written under sync.state_dir.
     """
     from mastosync import pipeline
+    from mastosync.request import Request
 
     settings = _load(config_path)
     pipeline.run(
         settings,
-        pipeline.Request(
+        Request(
             types=chosen_types(types, all_types),
             limit=limit,
             **_since(since),
@@ -252,12 +253,13 @@ def dry_run(
     Reads the database only (through the SSH tunnel when configured); writes nothing
     anywhere and needs no bucket credentials.
     """
-    from mastosync import pipeline
+    from mastosync import dryrun
+    from mastosync.request import Request
 
     settings = _load(config_path)
-    pipeline.dry_run(
+    dryrun.dry_run(
         settings,
-        pipeline.Request(types=chosen_types(types, all_types), limit=limit, **_since(since), shard=shard),
+        Request(types=chosen_types(types, all_types), limit=limit, **_since(since), shard=shard),
         output_format=output_format or ("json" if as_json else "text"),
     )
 
@@ -292,11 +294,12 @@ def verify(
     anything the source has.
     """
     from mastosync import pipeline
+    from mastosync.request import Request
 
     settings = _load(config_path)
     pipeline.verify(
         settings,
-        pipeline.Request(
+        Request(
             types=chosen_types(types, all_types),
             limit=limit,
             **_since(since),

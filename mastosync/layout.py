@@ -339,3 +339,13 @@ def file_mode(obj: MediaObject) -> int:
     download links are served from the folder)."""
     hidden = obj.private and TYPES[obj.type].privacy == PRIVATE_IF_HIDDEN
     return 0o600 if hidden else 0o644
+
+
+_ATTACHMENT_PATHS = {(t.name, a.name): a.path for t in TYPES.values() for a in t.attachments}
+
+
+def partition_root(obj: MediaObject) -> str:
+    """The key prefix up to the id partition, e.g. "cache/accounts/avatars/": every object
+    of a batch of records under it sits in one narrow key range (one listing)."""
+    cache = "cache/" if obj.key.startswith("cache/") else ""
+    return f"{cache}{_ATTACHMENT_PATHS[obj.type, obj.attachment]}/"

@@ -32,27 +32,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from mastosync.storage import (
-    Bucket,
-    Head,
-    NotFound,
-    RetryPolicy,
-    StorageError,
-    Transient,
-)
-from mastosync.stores import Body, Store
-
-COPIED = "copied"
-SKIPPED = "skipped"
-MISSING = "missing"
-FAILED = "failed"
-
-# How the content of a copied object was proven equal to the source's.
-PROOF_MD5 = "md5"  # the MD5 of the bytes is the source's (single-part) ETag
-PROOF_MULTIPART = "multipart-etag"  # the source's multipart ETag, recomputed from the bytes
-PROOF_SERVER = "server-side"  # copied by the provider itself
-PROOF_TRANSFER = "transfer"  # only that the destination got the bytes as read (ETag no MD5)
-PROOF_WRITTEN = "written"  # a folder destination checks no Content-MD5: the bytes as read, written
+from mastosync.outcome import Outcome, Proof, Status
+from mastosync.storage import Body, Store
+from mastosync.storage.base import Head, NotFound, StorageError, Transient
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.s3 import Bucket
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
@@ -83,20 +67,6 @@ class WriteAs:
     private: bool = False  # never written with the configured (public) ACL
     content_type: str | None = None  # when the source tells none (a file, not sniffed)
     mode: int = 0o644  # a file's mode in a folder destination
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The result of one object: status, bytes moved, attempts made, the last error, the proof."""
-
-    status: str
-    bytes: int = 0
-    attempts: int = 1
-    error: str | None = None
-    proof: str | None = None  # for COPIED: one of the PROOF_* values
-    size: int = 0  # the object's size when known (copied: the bytes moved; skipped: the source's)
-    retries: int = 0  # requests retried for it, whole copies and single requests alike
-    note: str | None = None  # something worth recording about a success (why the proof is weak)
 
 
 # The retries of the copy running in this task (a copy is one task's work at a time).
@@ -268,14 +238,14 @@ class Copier:
                 outcome.attempts = attempt
                 return outcome
             except SourceMissing:
-                return Outcome(MISSING, 0, attempt, "not found at the source")
+                return Outcome(Status.MISSING, 0, attempt, "not found at the source")
             except ContentMismatch as exc:
                 # Twice the same bytes, twice not the ETag: the ETag is no MD5 of the content
                 # (an encrypted source that says nothing of it). Otherwise: damaged on the way.
                 mismatched = exc.md5 if mismatched is None else mismatched
                 failures += 1
                 if failures > self.policy.retries:
-                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                    return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
                 self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures))
             except Transient as exc:
@@ -289,7 +259,7 @@ class Copier:
                 out_of_patience = (first_throttle is not None
                                    and time.monotonic() - first_throttle > self.policy.throttle_patience)
                 if failures > self.policy.retries or (throttles > 4 * self.policy.retries + 8 and out_of_patience):
-                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                    return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
                 self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled, exc.retry_after))
             except NotFound as exc:
@@ -297,17 +267,17 @@ class Copier:
                 # or a 404 from something on the way. Worth another try from the start.
                 failures += 1
                 if failures > self.policy.retries:
-                    return Outcome(FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
+                    return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
                 self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures))
             except StorageError as exc:
-                return Outcome(FAILED, 0, attempt, str(exc))
+                return Outcome(Status.FAILED, 0, attempt, str(exc))
 
     @functools.cached_property
-    def _weakest(self) -> str:
+    def _weakest(self) -> Proof:
         """The proof of a copy whose source has no MD5 to compare: the destination's check of
         our Content-MD5 (a bucket), or none at all (a folder)."""
-        return PROOF_TRANSFER if self.destination.checks_content_md5 else PROOF_WRITTEN
+        return Proof.TRANSFER if self.destination.checks_content_md5 else Proof.WRITTEN
 
     @functools.cached_property
     def _in_place(self) -> RetryPolicy:
@@ -334,7 +304,7 @@ class Copier:
         if destination_size != ABSENT:
             source_size = source_size if source_size is not None else await self._source_size(source_key)
             if source_size == destination_size:
-                return Outcome(SKIPPED, size=source_size)
+                return Outcome(Status.SKIPPED, size=source_size)
         if self.server_side:
             return await self._server_side(source_key, destination_key, source_size, how.private)
         try:
@@ -351,7 +321,7 @@ class Copier:
                 proof, note = await self._multipart(body, head, destination_key, extra, mismatched)
         finally:
             await body.aclose()
-        return Outcome(COPIED, head.size, proof=proof, note=note, size=head.size)
+        return Outcome(Status.COPIED, head.size, proof=proof, note=note, size=head.size)
 
     async def _source_size(self, source_key: str) -> int:
         source = await self.source.head(source_key)
@@ -380,7 +350,7 @@ class Copier:
             if exc.code == "NoSuchKey":  # of the copy source
                 raise SourceMissing(source_key) from None
             raise
-        return Outcome(COPIED, size, proof=PROOF_SERVER, size=size)
+        return Outcome(Status.COPIED, size, proof=Proof.SERVER, size=size)
 
     async def _copy_in_parts(self, source_key: str, key: str, head: Head, private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
@@ -399,7 +369,7 @@ class Copier:
             raise
 
     async def _single(self, body: Body, head: Head, key: str, extra: dict[str, Any],
-                      mismatched: str | None) -> tuple[str, str | None]:
+                      mismatched: str | None) -> tuple[Proof, str | None]:
         held = await self.budget.acquire(head.size)
         try:
             data = await body.read(head.size, last=True)
@@ -407,7 +377,7 @@ class Copier:
             proof, note = self._weakest, None
             if head.md5 is not None:
                 if digest.hex() == head.md5:
-                    proof = PROOF_MD5
+                    proof = Proof.MD5
                 elif digest.hex() == mismatched:
                     note = "the source's ETag is not the MD5 of its bytes (read twice, the same)"
                 else:
@@ -419,7 +389,7 @@ class Copier:
             await self.budget.release(held)
 
     async def _multipart(self, body: Body, head: Head, key: str, extra: dict[str, Any],
-                         mismatched: str | None) -> tuple[str, str | None]:
+                         mismatched: str | None) -> tuple[Proof, str | None]:
         part_size = part_size_for(head.size, self.part_size)
         etags_of_source = MultipartEtags(head.size, head.etag or "", part_size)
         whole = hashlib.md5() if head.md5 is not None else None  # a single-part source over the threshold
@@ -449,10 +419,10 @@ class Copier:
             raise
         if whole is not None:
             if whole.hexdigest() == head.md5:
-                return PROOF_MD5, None
+                return Proof.MD5, None
             return self._weakest, "the source's ETag is not the MD5 of its bytes (read twice, the same)"
         if etags_of_source.plausible and etags_of_source.matches():
-            return PROOF_MULTIPART, None
+            return Proof.MULTIPART, None
         if not head.etag:  # a file: nothing to recompute
             return self._weakest, None
         return self._weakest, "the source's multipart ETag could not be recomputed (part size unknown)"

@@ -24,15 +24,11 @@ import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings, MiB
 from mastosync.errors import BucketError
-from mastosync.storage import Bucket, Head, RetryPolicy, _retry_after, upload_extra
+from mastosync.outcome import Proof, Status
+from mastosync.storage.base import Head
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.s3 import Bucket, _retry_after, upload_extra
 from mastosync.transfer import (
-    COPIED,
-    FAILED,
-    MISSING,
-    PROOF_MD5,
-    PROOF_MULTIPART,
-    PROOF_SERVER,
-    PROOF_TRANSFER,
     Copier,
     MemoryBudget,
     MultipartEtags,
@@ -102,16 +98,16 @@ async def test_a_404_from_the_destination_is_not_missing(s3: S3Server) -> None:
         proxy.set_faults(error=1.0, error_answer=(404, "NoSuchUpload"), only_ops=("UploadPart", "PutObject"))
         async with copier(s3, src, dst, destination_endpoint=proxy.endpoint) as c:
             outcomes = {k: await c.copy(k, k) for k in ("small.png", "video.mp4")}
-        assert {k: o.status for k, o in outcomes.items()} == {"small.png": FAILED, "video.mp4": FAILED}
+        assert {k: o.status for k, o in outcomes.items()} == {"small.png": Status.FAILED, "video.mp4": Status.FAILED}
         assert all("NoSuchUpload" in (o.error or "") for o in outcomes.values())
         # Some of them, now: retried from a fresh GET, and copied.
         proxy.set_faults(error=0.3, error_answer=(404, "NoSuchUpload"), only_ops=("UploadPart", "PutObject"))
         async with copier(s3, src, dst, destination_endpoint=proxy.endpoint, retries=20) as c:
             again = [await c.copy(k, k) for k in ("small.png", "video.mp4")]
-        assert [o.status for o in again] == [COPIED, COPIED]
+        assert [o.status for o in again] == [Status.COPIED, Status.COPIED]
         assert s3.open_uploads(dst) == [] or not s3.can_abort_uploads  # s3rver cannot abort
     async with copier(s3, src, dst) as c:
-        assert (await c.copy("not-there.png", "not-there.png")).status == MISSING
+        assert (await c.copy("not-there.png", "not-there.png")).status == Status.MISSING
 
 
 # -- 2 and 5. content proven; ETags that are no MD5 ----------------------------------------
@@ -131,10 +127,10 @@ async def test_content_proofs(s3: S3Server) -> None:
     async with copier(s3, src, dst) as c:
         proofs = {k: (o.status, o.proof) for k in ("single.jpg", *etags) for o in [await c.copy(k, k)]}
     if multipart:
-        expected = {"mastodon.mp4": PROOF_MULTIPART, "boto.mp4": PROOF_MULTIPART, "odd.mp4": PROOF_TRANSFER}
+        expected = {"mastodon.mp4": Proof.MULTIPART, "boto.mp4": Proof.MULTIPART, "odd.mp4": Proof.TRANSFER}
     else:
-        expected = dict.fromkeys(etags, PROOF_MD5)
-    assert proofs == {"single.jpg": (COPIED, PROOF_MD5), **{k: (COPIED, v) for k, v in expected.items()}}
+        expected = dict.fromkeys(etags, Proof.MD5)
+    assert proofs == {"single.jpg": (Status.COPIED, Proof.MD5), **{k: (Status.COPIED, v) for k, v in expected.items()}}
 
 
 @pytest.mark.parametrize("sse_header", [False, True])
@@ -153,7 +149,7 @@ async def test_an_etag_that_is_no_md5_does_not_block_the_copy(s3: S3Server, sse_
             outcome = await c.copy("kms.jpg", "kms.jpg")
         gets = source_proxy.count("GetObject")
         bad_digests = destination_proxy.counters.operations
-    assert (outcome.status, outcome.proof) == (COPIED, PROOF_TRANSFER), outcome
+    assert (outcome.status, outcome.proof) == (Status.COPIED, Proof.TRANSFER), outcome
     assert gets == (1 if sse_header else 2)  # told by the header, or by two equal reads
     assert s3.get(dst, "kms.jpg")[0] == data
     assert bad_digests["PutObject"] == 1  # the destination accepted the first PUT
@@ -183,7 +179,7 @@ async def test_damaged_bytes_are_never_stored(moto: S3Server) -> None:
                 return head, body
             c.source.get = damaged_get  # type: ignore[method-assign]
             outcome = await c.copy("a.jpg", "a.jpg")
-    assert outcome.status == FAILED and "MD5" in (outcome.error or "")
+    assert outcome.status == Status.FAILED and "MD5" in (outcome.error or "")
     assert moto.keys(dst) == set()
 
 
@@ -263,7 +259,7 @@ async def test_stored_headers_and_metadata_are_copied(s3: S3Server) -> None:
                          Metadata={"origin": "mastodon"})
     with proxy_for(s3) as proxy:
         async with copier(s3, src, dst, destination_endpoint=proxy.endpoint) as c:
-            assert [(await c.copy(k, k)).status for k in ("icon.svg", "big.bin")] == [COPIED, COPIED]
+            assert [(await c.copy(k, k)).status for k in ("icon.svg", "big.bin")] == [Status.COPIED, Status.COPIED]
         sent = set(proxy.counters.headers)
     for op in ("PutObject", "CreateMultipartUpload"):
         assert {f"{op} content-encoding", f"{op} x-amz-meta-origin"} <= sent, op
@@ -317,7 +313,7 @@ async def test_retry_after_reaches_the_retries(moto: S3Server) -> None:
     with proxy_for(moto) as proxy:
         proxy.set_faults(slowdown=1.0, retry_after=7, only_ops=("HeadObject",))
         async with Bucket(side(moto, bucket, proxy.endpoint), 4) as b:
-            from mastosync.storage import Transient
+            from mastosync.storage.base import Transient
 
             with pytest.raises(Transient) as caught:
                 await b.head("a.png")
@@ -353,7 +349,7 @@ async def test_server_side_copy_in_parts(moto: S3Server, monkeypatch: pytest.Mon
             outcome = await c.copy("v.mp4", "v.mp4")
         assert proxy.count("GetObject", "PutObject", "UploadPart") == 0
         assert proxy.count("UploadPartCopy") == 3
-    assert (outcome.status, outcome.proof) == (COPIED, PROOF_SERVER)
+    assert (outcome.status, outcome.proof) == (Status.COPIED, Proof.SERVER)
     body, got = moto.get(dst, "v.mp4")
     assert body == data and (got["ContentType"], got["CacheControl"]) == ("video/mp4", instance.CC)
 

@@ -358,14 +358,14 @@ async def test_a_full_disk_stops_the_run_and_keeps_what_is_complete(tmp_path: Pa
     (b"username,domain\n", None), (b"", None),
 ])
 def test_content_type_from_the_bytes(head: bytes, expected: str | None) -> None:
-    from mastosync.sniff import content_type
+    from mastosync.storage.sniff import content_type
 
     assert content_type(head) == expected
 
 
 async def test_listing_a_folder_walks_only_the_range_and_clears_stale_partials(tmp_path: Path) -> None:
-    from mastosync.folders import STALE_PARTIAL, FolderStore
-    from mastosync.localfiles import LocalFiles
+    from mastosync.storage.folders import STALE_PARTIAL, FolderStore
+    from mastosync.storage.localfiles import LocalFiles
 
     keys = [f"media_attachments/files/000/{a:03d}/{b:03d}/original/f{b}.png" for a in range(5) for b in range(20)]
     for key in keys:
@@ -392,3 +392,52 @@ async def test_listing_a_folder_walks_only_the_range_and_clears_stale_partials(t
         assert not any(k.startswith("media_attachments/files/000/001/") or "/000/003/" in k for k in read)
         assert not stale.exists() and fresh.exists()  # a write in progress is left alone
         assert await store.sizes_between("media_attachments/files/", keys[0], keys[-1], max_pages=0) is None
+
+
+async def test_owner_of_written_files(tmp_path: Path, ssh_server: AsyncsshServer) -> None:
+    """destination.owner: files and the folders made for them go to that user, locally and over SFTP."""
+    import pwd
+
+    from mastosync.config import SshSettings
+    from mastosync.errors import FolderError
+    from mastosync.storage.folders import FolderStore
+    from mastosync.storage.localfiles import LocalFiles
+    from mastosync.storage.sftpfiles import SftpFiles
+    from mastosync.tunnel import Tunnel
+
+    nobody = pwd.getpwnam("nobody")
+    key = "accounts/avatars/000/000/001/original/a.png"
+    local = LocalFiles(str(tmp_path), "destination", 2, owner="nobody")
+    if os.geteuid() != 0:
+        with pytest.raises(FolderError, match="needs mastosync to run as root"):
+            await local.check(write=True)
+        return
+    async with FolderStore(local, "destination") as store:
+        await store.check(write=True)
+        await store.put(key, b"\x89PNG\r\n\x1a\n", "", store.headers_for(instance_head(), False, 0o600))
+    written = tmp_path / key
+    assert (written.stat().st_uid, written.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert (tmp_path / "accounts").stat().st_uid == nobody.pw_uid
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    ssh = SshSettings(host=ssh_server.host, port=ssh_server.port, user=ssh_server.user,
+                      key_file=str(ssh_server.client_key), known_hosts=str(ssh_server.known_hosts()))
+    async with Tunnel(ssh, None) as tunnel:
+        files = SftpFiles(tunnel, str(remote), "destination", owner=f"{nobody.pw_uid}:{nobody.pw_gid}")
+        async with FolderStore(files, "destination") as store:
+            await store.check(write=True)
+            await store.put(key, b"GIF89a", "", store.headers_for(instance_head(), False))
+        by_name = SftpFiles(tunnel, str(remote), "destination", owner="nobody")
+        with pytest.raises(FolderError, match="give it as uid:gid"):  # this SSH server runs no commands
+            await by_name.check(write=True)
+    written = remote / key
+    assert (written.stat().st_uid, written.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644 and written.read_bytes() == b"GIF89a"
+
+
+def instance_head() -> Any:
+    from mastosync.storage.base import Head
+
+    return Head(0)

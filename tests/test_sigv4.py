@@ -15,7 +15,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from mastosync.sigv4 import (
+from mastosync.storage.sigv4 import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
     Credentials,

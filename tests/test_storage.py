@@ -14,15 +14,9 @@ import pytest
 
 from mastosync.config import BucketSettings
 from mastosync.errors import BucketError
-from mastosync.storage import (
-    Bucket,
-    NotFound,
-    Pacer,
-    Permanent,
-    Transient,
-    answer_error,
-    bucket_url,
-)
+from mastosync.storage.base import NotFound, Permanent, Transient
+from mastosync.storage.retry import Pacer
+from mastosync.storage.s3 import Bucket, answer_error, bucket_url
 from tests.conftest import new_bucket, start_server
 from tests.reliability.helpers import fault_proxy
 from tests.services.s3 import SERVERS, S3Server
@@ -192,7 +186,7 @@ async def test_requests_carry_no_unsigned_extras(s3: S3Server) -> None:
         config = settings(bucket=bucket, endpoint=proxy.endpoint, access_key_id=s3.access_key,
                           secret_access_key=s3.secret_key)
         async with Bucket(config, 4) as b:
-            from mastosync.storage import content_md5
+            from mastosync.storage.base import content_md5
             await b.put("k.bin", b"data", content_md5(b"data"), {})
             upload_id = await b.start_multipart("big.bin", {})
             await b.abort_multipart("big.bin", upload_id)

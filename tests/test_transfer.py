@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings, MiB
-from mastosync.storage import Bucket, RetryPolicy
-from mastosync.transfer import COPIED, FAILED, MISSING, SKIPPED, Copier, MemoryBudget
+from mastosync.outcome import Status
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.s3 import Bucket
+from mastosync.transfer import Copier, MemoryBudget
 from tests.conftest import new_bucket, start_server
 from tests.services.faultproxy import FaultProxy
 from tests.services.instance import CC, body
@@ -65,7 +67,7 @@ async def test_copies_are_byte_identical_with_headers(s3: S3Server) -> None:
     data = seed(s3, src, items)
     async with copier(s3, src, dst) as c:
         outcomes = await asyncio.gather(*(c.copy(k, k) for k in data))
-    assert [o.status for o in outcomes] == [COPIED] * len(data), [o.error for o in outcomes]
+    assert [o.status for o in outcomes] == [Status.COPIED] * len(data), [o.error for o in outcomes]
     assert sum(o.bytes for o in outcomes) == sum(len(v) for v in data.values())
     assert s3.keys(dst) == set(data)
     for key, expected in data.items():
@@ -83,17 +85,17 @@ async def test_missing_skipped_and_permanent(s3: S3Server) -> None:
     seed(s3, src, {"here.png": (100, "image/png")})
     async with copier(s3, src, dst) as c:
         missing = await c.copy("not-here.png", "not-here.png")
-        assert (missing.status, missing.attempts) == (MISSING, 1)
-        assert (await c.copy("here.png", "here.png")).status == COPIED
+        assert (missing.status, missing.attempts) == (Status.MISSING, 1)
+        assert (await c.copy("here.png", "here.png")).status == Status.COPIED
         again = await c.copy("here.png", "here.png")
-        assert (again.status, again.bytes) == (SKIPPED, 0)
+        assert (again.status, again.bytes) == (Status.SKIPPED, 0)
     s3.put(dst, "here.png", b"different size")
     async with copier(s3, src, dst) as c:
-        assert (await c.copy("here.png", "here.png")).status == COPIED  # size differs: copied again
+        assert (await c.copy("here.png", "here.png")).status == Status.COPIED  # size differs: copied again
     assert s3.get(dst, "here.png")[0] == body("here.png", 100, "image/png")
     async with copier(s3, src, "no-such-bucket-mastosync") as c:
         failed = await c.copy("here.png", "here.png")
-    assert failed.status == FAILED and failed.attempts == 1 and "NoSuchBucket" in (failed.error or "")
+    assert failed.status == Status.FAILED and failed.attempts == 1 and "NoSuchBucket" in (failed.error or "")
 
 
 async def test_no_acl_header_when_acl_is_empty_and_no_expect(moto: S3Server) -> None:
@@ -102,8 +104,8 @@ async def test_no_acl_header_when_acl_is_empty_and_no_expect(moto: S3Server) -> 
     proxy = FaultProxy(moto.port).start()
     try:
         async with copier(moto, src, dst, endpoint=proxy.endpoint, acl="") as c:
-            assert (await c.copy("a.png", "a.png")).status == COPIED
-            assert (await c.copy("big.bin", "big.bin")).status == COPIED
+            assert (await c.copy("a.png", "a.png")).status == Status.COPIED
+            assert (await c.copy("big.bin", "big.bin")).status == Status.COPIED
         headers = proxy.counters.headers
         assert headers["PutObject x-amz-acl"] == 0 and headers["CreateMultipartUpload x-amz-acl"] == 0
         assert not any(h.endswith(" expect") for h in headers)
@@ -129,7 +131,7 @@ async def test_faults_never_store_a_bad_body(s3: S3Server) -> None:
             outcomes = await asyncio.gather(*(c.copy(k, k) for k in data))
     finally:
         proxy.stop()
-    assert [o.status for o in outcomes] == [COPIED] * len(data), [o.error for o in outcomes if o.error]
+    assert [o.status for o in outcomes] == [Status.COPIED] * len(data), [o.error for o in outcomes if o.error]
     faults = proxy.counters.faults
     assert faults["slowdown"] > 5 and faults["reset"] >= 1 and faults["truncate"] >= 1, faults
     assert sum(o.retries for o in outcomes) > 0  # retries are visible in the outcomes
@@ -146,14 +148,14 @@ async def test_gives_up_after_bounded_retries(moto: S3Server) -> None:
     try:
         async with copier(moto, src, dst, endpoint=proxy.endpoint, retries=3) as c:
             outcome = await c.copy("a.png", "a.png")
-            assert outcome.status == FAILED and outcome.attempts == 4
+            assert outcome.status == Status.FAILED and outcome.attempts == 4
             assert "500" in (outcome.error or "") and "gave up after 4 attempts" in (outcome.error or "")
             # Throttling has a budget of its own (the provider is pacing us), but a bounded one:
             # in tries, and in time (none left here).
             proxy.set_faults(slowdown=1.0)
             c.policy = dataclasses.replace(c.policy, throttle_patience=0.0)
             throttled = await c.copy("a.png", "a.png")
-            assert throttled.status == FAILED and throttled.attempts == 4 * 3 + 8 + 1
+            assert throttled.status == Status.FAILED and throttled.attempts == 4 * 3 + 8 + 1
     finally:
         proxy.stop()
 
@@ -187,7 +189,7 @@ async def test_server_side_copy_on_the_same_endpoint(moto: S3Server) -> None:
             outcome = await c.copy("a.gif", "a.gif")
     finally:
         proxy.stop()
-    assert outcome.status == COPIED
+    assert outcome.status == Status.COPIED
     assert proxy.count("CopyObject") == 1 and proxy.count("GetObject") == 0
     got, resp = moto.get(dst, "a.gif")
     assert got == data["a.gif"] and resp["ContentType"] == "image/gif" and resp["CacheControl"] == CC
@@ -222,7 +224,7 @@ def test_memory_stays_bounded_with_eight_large_copies(moto: S3Server) -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     probe = json.loads(out.stdout.strip().splitlines()[-1])
-    assert probe["statuses"] == [COPIED] * 8
+    assert probe["statuses"] == [Status.COPIED] * 8
     growth_mib = (probe["after_kib"] - probe["before_kib"]) / 1024
     print(f"peak RSS growth copying 8 x 40 MiB concurrently: {growth_mib:.1f} MiB")
     assert growth_mib < 8 * 2 * 8 + 32  # 8 copies x 2 parts x 8 MiB, plus a fixed overhead

@@ -18,9 +18,11 @@ import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
-from mastosync.storage import Bucket, RetryPolicy
-from mastosync.transfer import COPIED, Copier, MemoryBudget
-from mastosync.transport import ConnectFailed, HTTPError, Transport
+from mastosync.outcome import Status
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.s3 import Bucket
+from mastosync.storage.transport import ConnectFailed, HTTPError, Transport
+from mastosync.transfer import Copier, MemoryBudget
 from tests.conftest import new_bucket
 from tests.services.process import free_port
 from tests.services.s3 import RcloneServer
@@ -268,7 +270,7 @@ async def copy_between(server: RcloneServer) -> AsyncIterator[Callable[[], Await
 async def test_https_with_a_trusted_certificate(tls_rclone: RcloneServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
     async with copy_between(tls_rclone) as copy:
-        assert await copy() == {"small.png": COPIED, "video.mp4": COPIED}
+        assert await copy() == {"small.png": Status.COPIED, "video.mp4": Status.COPIED}
 
 
 async def test_https_with_an_untrusted_certificate_fails_clearly(tls_rclone: RcloneServer) -> None:
@@ -338,7 +340,7 @@ async def test_proxy_from_the_environment(scheme: str, tls_rclone: RcloneServer,
     variable = f"{scheme.upper()}_PROXY"
     async with http_proxy() as (proxy_url, asked), copy_between(server) as copy:
         monkeypatch.setenv(variable, proxy_url)
-        assert await copy() == {"small.png": COPIED, "video.mp4": COPIED}
+        assert await copy() == {"small.png": Status.COPIED, "video.mp4": Status.COPIED}
         monkeypatch.delenv(variable)
     authority = f"127.0.0.1:{server.port}"
     if scheme == "https":

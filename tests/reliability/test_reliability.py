@@ -237,7 +237,7 @@ async def test_stop_takes_only_as_long_as_copies_in_flight(tmp_path: Path, masto
     (which it always took before: the wait included the second-signal task)."""
     import signal as signals
 
-    from mastosync.pipeline import GRACE_SECONDS
+    from mastosync.workers import GRACE_SECONDS
 
     inst, src = await seeded(mastodon_db, moto, media=400, video=1000)
     dst = new_bucket(moto, "dst")

@@ -16,8 +16,8 @@ from typing import Any
 import asyncssh
 
 from mastosync.errors import DiskFull, FolderError, TunnelError
-from mastosync.folders import FIRST_READ, Entry, parse_owner, safe_relative
-from mastosync.storage import NotFound, Permanent, StorageError, Transient
+from mastosync.storage.base import NotFound, Permanent, StorageError, Transient, Unreachable
+from mastosync.storage.folders import FIRST_READ, Entry, parse_owner, safe_relative
 from mastosync.tunnel import Tunnel
 
 ABSENT = (asyncssh.SFTPNoSuchFile, asyncssh.SFTPNoSuchPath)
@@ -44,7 +44,7 @@ class SftpFiles:
         try:
             return await self.tunnel.sftp()
         except TunnelError as exc:  # reconnecting failed: worth another try later, like a reset
-            raise Transient(f"{what}: {exc}", unreachable=True) from None
+            raise Unreachable(f"{what}: {exc}") from None
 
     async def classify(self, exc: Exception, what: str) -> Exception:
         if isinstance(exc, StorageError | DiskFull):
@@ -58,7 +58,7 @@ class SftpFiles:
             return Permanent(f"{what}: {getattr(exc, 'reason', exc)}")
         if isinstance(exc, asyncssh.SFTPError):
             return Transient(f"{what}: {exc.reason}")
-        return Transient(f"{what}: SSH connection: {exc or type(exc).__name__}", unreachable=True)
+        return Unreachable(f"{what}: SSH connection: {exc or type(exc).__name__}")
 
     async def _full(self) -> bool:
         """Whether a generic SFTP failure on a write is the disk being full (OpenSSH's

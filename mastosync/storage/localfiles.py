@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from mastosync.errors import DiskFull, FolderError
-from mastosync.folders import FIRST_READ, Entry, parse_owner, safe_relative
-from mastosync.storage import NotFound, Permanent, StorageError, Transient
+from mastosync.storage.base import NotFound, Permanent, StorageError, Transient
+from mastosync.storage.folders import FIRST_READ, Entry, parse_owner, safe_relative
 
 T = TypeVar("T")
 FULL = (errno.ENOSPC, errno.EDQUOT)

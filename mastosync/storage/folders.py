@@ -26,8 +26,9 @@ from types import TracebackType
 from typing import Protocol
 
 from mastosync.errors import FolderError
-from mastosync.sniff import SNIFF_BYTES, content_type
-from mastosync.storage import Head, NotFound, Permanent, RetryPolicy, StorageError, Transient
+from mastosync.storage.base import Head, NotFound, Permanent, StorageError, Transient
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.sniff import SNIFF_BYTES, content_type
 
 # What Mastodon sends with every upload (config/initializers/paperclip.rb s3_headers).
 MASTODON_CACHE_CONTROL = "public, max-age=315576000, immutable"

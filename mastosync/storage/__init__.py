@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config import BucketSettings, DestinationSettings
-from mastosync.storage import Bucket, Head, RetryPolicy
+from mastosync.storage.base import Head
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:  # asyncssh costs 16 MB and 0.3 s at start: imported only when a side needs it
     from mastosync.tunnel import Tunnel
@@ -73,13 +75,13 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
     """The store for one side of the copy (to be entered as an async context manager)."""
     owner = side.owner if isinstance(side, DestinationSettings) else ""
     if side.kind == "filesystem":
-        from mastosync.folders import FolderStore
-        from mastosync.localfiles import LocalFiles
+        from mastosync.storage.folders import FolderStore
+        from mastosync.storage.localfiles import LocalFiles
 
         return FolderStore(LocalFiles(side.root, label, pool, owner), label)
     if side.kind == "sftp":
-        from mastosync.folders import FolderStore
-        from mastosync.sftpfiles import SftpFiles
+        from mastosync.storage.folders import FolderStore
+        from mastosync.storage.sftpfiles import SftpFiles
 
         assert tunnel is not None, "an sftp side needs the SSH connection"
         return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)

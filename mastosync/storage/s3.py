@@ -1,4 +1,4 @@
-"""One S3 endpoint and bucket: the few calls mastosync makes, their errors, and the retry policy.
+"""One S3 endpoint and bucket: the few calls mastosync makes, and their errors classified.
 
 Requests are signed here (sigv4.py) and sent on one aiohttp session of keep-alive
 connections per bucket per run (transport.py). botocore is not on this path: its
@@ -17,30 +17,25 @@ checksums (B2, R2, Wasabi and older MinIO reject them), Content-MD5 on every upl
 can give one, and the payload hash signed over plain HTTP as botocore does (over HTTPS,
 TLS protects it and UNSIGNED-PAYLOAD saves hashing every byte twice).
 
-Every error is classified once, here, into the three kinds the transfer engine acts on:
-NotFound (the object is missing), Transient (retry later) and Permanent (give up). A
+Every error is classified once, here, into the kinds of base.py the copier acts on. A
 streamed GET is never retried here: a retry is a fresh GET, decided in transfer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import email.utils
 import hashlib
 import html
 import os
-import random
 import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from mastosync import __version__
@@ -48,7 +43,18 @@ from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError, EndpointDown
 from mastosync.layout import full_key
 from mastosync.redact import redact
-from mastosync.sigv4 import (
+from mastosync.storage.base import (
+    Head,
+    NotFound,
+    Permanent,
+    StorageError,
+    Throttled,
+    Transient,
+    Unreachable,
+    content_md5,
+)
+from mastosync.storage.retry import Pacer, RetryPolicy
+from mastosync.storage.sigv4 import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
     Credentials,
@@ -56,7 +62,13 @@ from mastosync.sigv4 import (
     canonical_query,
     encode_key,
 )
-from mastosync.transport import CertificateError, ConnectFailed, HTTPError, Response, Transport
+from mastosync.storage.transport import (
+    CertificateError,
+    ConnectFailed,
+    HTTPError,
+    Response,
+    Transport,
+)
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_CODES = frozenset({
@@ -76,44 +88,11 @@ REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "
 SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "InvalidSignatureException"})
 # Stored headers that go with the bytes (besides Content-Type and Cache-Control).
 KEPT_HEADERS = ("content-encoding", "content-disposition", "content-language", "expires")
-T = TypeVar("T")
-PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 ERROR_BODY_LIMIT = 64 * 1024
 USER_AGENT = f"mastosync/{__version__}"
 CREDENTIALS_REFRESH_SECONDS = 60.0
-
-
-class StorageError(Exception):
-    """A failed S3 call, already classified; the message is safe to show."""
-
-    throttled = False
-    unreachable = False
-
-    def __init__(self, message: str, code: str = "", status: int = 0) -> None:
-        super().__init__(message)
-        self.code = code  # the S3 error code, when the server answered with one
-        self.status = status  # the HTTP status, when the server answered
-
-
-class NotFound(StorageError):
-    """The object does not exist."""
-
-
-class Transient(StorageError):
-    """Worth retrying: throttling, server errors, resets, timeouts, truncated bodies."""
-
-    def __init__(self, message: str, throttled: bool = False, unreachable: bool = False,
-                 code: str = "", status: int = 0, retry_after: float | None = None) -> None:
-        super().__init__(message, code, status)
-        self.throttled = throttled
-        self.unreachable = unreachable  # no connection could be made at all
-        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
-
-
-class Permanent(StorageError):
-    """Retrying will not help: access denied, no such bucket, bad request."""
 
 
 def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
@@ -126,8 +105,8 @@ def answer_error(what: str, status: int, body: bytes, retry_after: float | None 
     if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
         return NotFound(text, code, status)
     if code in TRANSIENT_CODES or (status in TRANSIENT_STATUS and code not in ACCESS_CODES):
-        throttled = code in THROTTLE_CODES or status in (429, 503)
-        return Transient(text, throttled=throttled, code=code, status=status, retry_after=retry_after)
+        kind = Throttled if code in THROTTLE_CODES or status in (429, 503) else Transient
+        return kind(text, code=code, status=status, retry_after=retry_after)
     return Permanent(text, code, status)
 
 
@@ -138,35 +117,11 @@ def classify(exc: BaseException, what: str) -> StorageError:
     if isinstance(exc, ssl.SSLCertVerificationError | CertificateError):
         return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.verify_message})"))
     if isinstance(exc, ConnectFailed):
-        return Transient(redact(f"{what}: {exc}"), unreachable=True)
+        return Unreachable(redact(f"{what}: {exc}"))
     if isinstance(exc, (HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError)):
         detail = str(exc) or type(exc).__name__
         return Transient(redact(f"{what}: {detail}"))
     return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """What mastosync needs to know of a stored object."""
-
-    size: int
-    etag: str | None = None
-    content_type: str | None = None
-    cache_control: str | None = None
-    # Other stored headers to copy with it (KEPT_HEADERS, x-amz-meta-*), lower-case names.
-    metadata: tuple[tuple[str, str], ...] = ()
-    encrypted: bool = False  # SSE-KMS, DSSE-KMS or SSE-C: the ETag is not an MD5
-
-    @property
-    def md5(self) -> str | None:
-        """The MD5 of the bytes (hex), when the ETag is one: a single-part upload without SSE-KMS/SSE-C."""
-        etag = (self.etag or "").strip('"').lower()
-        return etag if PLAIN_MD5.match(etag) and not self.encrypted else None
-
-
-def content_md5(data: bytes | bytearray) -> str:
-    """The Content-MD5 header of a body: the server refuses it (BadDigest) if damaged on the way."""
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def _head(headers: Any, size: int) -> Head:
@@ -190,135 +145,6 @@ def _retry_after(headers: Any) -> float | None:
         except (TypeError, ValueError):
             return None
         return min(300.0, max(0.0, moment.timestamp() - time.time()))
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter")."""
-
-    retries: int = 8
-    base: float = 0.1
-    cap: float = 20.0
-    throttled_cap: float = 1.0
-    throttle_patience: float = 300.0  # seconds of throttling an object is given before it fails
-
-    def delay(self, attempt: int, throttled: bool = False, retry_after: float | None = None) -> float:
-        # Throttling is answered by the pacer, which lowers the requests in flight for the
-        # whole endpoint; a throttled request itself is retried soon, and then waits its
-        # turn at the pacer rather than asleep: when the throttling ends, every waiting
-        # copy goes on at once, instead of sleeping out a long backoff.
-        cap = min(self.cap, self.throttled_cap) if throttled else self.cap
-        jittered = random.uniform(0, min(cap, self.base * 2 ** min(attempt - 1, 16)))
-        # A server that says when to come back is believed (capped in _retry_after).
-        return max(jittered, retry_after or 0.0)
-
-    async def call(self, fn: Callable[[], Awaitable[T]], retry_unreachable: bool = True,
-                   on_retry: Callable[[int, Exception], None] | None = None) -> T:
-        """Call `fn`, retrying Transient errors with backoff; other errors pass through.
-
-        With retry_unreachable=False, "cannot connect" is not retried (checks before a run:
-        a wrong endpoint should fail at once, not after the backoff). `on_retry` hears of
-        each retry (attempt, error) before its wait.
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await fn()
-            except Transient as exc:
-                if attempt > self.retries or (exc.unreachable and not retry_unreachable):
-                    raise
-                if on_retry is not None:
-                    on_retry(attempt, exc)
-                await asyncio.sleep(self.delay(attempt, exc.throttled, exc.retry_after))
-
-
-class Pacer:
-    """How many requests an endpoint gets at once, and whether it is down.
-
-    The requests allowed in flight follow the share of recent answers that were throttled
-    (503 SlowDown, 429): with a share f, about max × (1 − f)², so one SlowDown in fifty
-    costs 4% of the rate and a storm of them brings it down to one request at a time. The
-    share is a moving average over about the last 64 answers, so the rate comes back
-    within a few dozen answers of the throttling ending, and a limit lowered by a storm
-    climbs back by at least a quarter request per success (as TCP). Errors and resets do
-    not lower it: they are retried, not paced.
-
-    The endpoint is declared down when nothing but failures (resets, timeouts, refused
-    connections, 5xx other than throttling) has come back for `down_after` seconds; then
-    the run stops instead of every object waiting through its retries.
-    """
-
-    WINDOW = 64  # answers the throttled share is averaged over
-
-    def __init__(self, limit: int, down_after: float) -> None:
-        self.max = float(limit)
-        self.limit = float(limit)
-        self.in_flight = 0
-        self.down_after = down_after
-        self.throttled_share = 0.0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._failing_since: float | None = None
-
-    def _allowed(self) -> int:
-        return max(1, int(self.limit))
-
-    async def acquire(self) -> None:
-        """Wait for a slot, first come first served."""
-        if not self._waiters and self.in_flight < self._allowed():
-            self.in_flight += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # _wake counts the slot for us before waking us
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # woken and cancelled at once: hand the slot on
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self._allowed():
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
-
-    def _target(self) -> float:
-        return max(1.0, self.max * (1.0 - self.throttled_share) ** 2)
-
-    def answered(self) -> None:
-        """An answer that is neither a success nor throttling (a 4xx): the endpoint is up."""
-        self._failing_since = None
-        self.throttled_share -= self.throttled_share / self.WINDOW
-
-    def succeeded(self) -> None:
-        self._failing_since = None
-        self.throttled_share -= self.throttled_share / self.WINDOW
-        if self.limit < self.max:
-            self.limit = min(self._target(), self.limit + max(0.25, 1.0 / self.limit))
-            self._wake()
-
-    def throttled(self) -> None:
-        self._failing_since = None  # a throttling endpoint is up, only busy
-        self.throttled_share += (1.0 - self.throttled_share) / self.WINDOW
-        self.limit = min(self.limit, self._target())
-
-    def failed(self) -> None:
-        """A reset, a timeout, a refused connection or a server error: no sign of life."""
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-
-    @property
-    def down(self) -> bool:
-        since = self._failing_since
-        return since is not None and time.monotonic() - since > self.down_after
 
 
 def bucket_url(settings: BucketSettings) -> tuple[str, str]:

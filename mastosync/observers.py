@@ -1,0 +1,98 @@
+"""What an outcome changes: the counters shown and summarised, the report, the resume state.
+
+The steps (steps/) decide what happened to an object; these books write it down, in one
+place per command, so a step never updates progress behind the pipeline's back.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TextIO
+
+from mastosync.outcome import Proof, Status
+from mastosync.plan import Job
+from mastosync.progress import Display
+from mastosync.state import Report, ResumeState
+from mastosync.steps.check import Finding
+from mastosync.steps.copy import Copied
+
+SAVE_EVERY = 2.0  # seconds between writes of the resume state while objects finish
+
+
+def report_entry(job: Job, status: str, reason: str | None, attempts: int) -> dict[str, Any]:
+    o = job.obj
+    return {"type": o.type, "id": o.id, "attachment": o.attachment, "style": o.style,
+            "source_key": job.source_key, "destination_key": job.destination_key, "status": str(status),
+            "reason": reason, "attempts": attempts}
+
+
+class CopyBook:
+    """run: counters per type, failures and missing objects (and notes) in the report,
+    finished records in the resume state."""
+
+    def __init__(self, report: Report, state: ResumeState) -> None:
+        self.report, self.state = report, state
+
+    def record(self, copied: Copied) -> None:
+        job, outcome = copied.job, copied.outcome
+        s = job.stats
+        s.retries += outcome.retries
+        s.done(outcome.size, job.obj.estimate)
+        if outcome.status == Status.COPIED:
+            s.copied += 1
+            s.bytes += outcome.bytes
+            s.private += job.obj.private
+            s.proofs[outcome.proof or Proof.TRANSFER] += 1
+            if outcome.note:
+                self.report.write(report_entry(job, outcome.status, outcome.note, outcome.attempts))
+        elif outcome.status == Status.SKIPPED:
+            s.skipped += 1
+        else:
+            if outcome.status == Status.MISSING:
+                s.missing += 1
+            else:
+                s.failed += 1
+            self.report.write(report_entry(job, outcome.status, outcome.error, outcome.attempts))
+        job.progress.finish(job.obj.id, outcome.status != Status.FAILED)
+        self.state.save(every=SAVE_EVERY)
+
+
+class VerifyBook:
+    """verify: counters per type, every finding in the report (and on stdout, as lines or
+    JSON with --json)."""
+
+    def __init__(self, report: Report, display: Display, out: TextIO, as_json: bool) -> None:
+        self.report, self.display, self.out, self.as_json = report, display, out, as_json
+
+    def record(self, finding: Finding) -> None:
+        job, status = finding.job, finding.status
+        s = job.stats
+        if status == Status.ERROR:
+            s.failed += 1
+            s.done(0, job.obj.estimate)
+            self._write(finding)
+            return  # not finished: the record is checked again next time
+        if status == Status.OK:
+            s.ok += 1
+            s.bytes += finding.source_size or 0
+        else:
+            if status == Status.MISSING:
+                s.missing += 1
+            elif status == Status.ABSENT:
+                s.absent += 1
+            else:
+                s.different += 1
+            self._write(finding)
+        s.done(finding.source_size or 0, job.obj.estimate)
+        job.progress.finish(job.obj.id, True)
+
+    def _write(self, finding: Finding) -> None:
+        job = finding.job
+        entry = {**report_entry(job, finding.status, finding.reason, 1), "source_size": finding.source_size,
+                 "destination_size": finding.destination_size}
+        self.report.write(entry)
+        if self.as_json:
+            self.out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        else:
+            self.display.message(f"{finding.status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t"
+                                 f"{finding.reason}")

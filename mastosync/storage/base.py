@@ -1,0 +1,88 @@
+"""What every store says of an object and of a failure: Head, and the storage error tree.
+
+Every error of a storage call is classified once, where it happens (s3.classify,
+localfiles.classify, sftpfiles.SftpFiles.classify), into the kinds the copier acts on:
+
+    StorageError                 a failed call; the message is safe to show
+    ├── NotFound                 the object (or upload) does not exist
+    ├── Transient                worth retrying: server errors, resets, timeouts, short bodies
+    │   ├── Throttled            the provider asks us to slow down (503 SlowDown, 429)
+    │   └── Unreachable          no connection could be made at all
+    └── Permanent                retrying will not help: access denied, bad request
+
+Errors that end the run rather than the object (an endpoint down, a full disk, expired
+credentials) are MastosyncErrors (errors.py), never StorageErrors.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+
+PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class StorageError(Exception):
+    """A failed storage call, already classified; the message is safe to show."""
+
+    throttled = False
+    unreachable = False
+
+    def __init__(self, message: str, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code  # the S3 error code, when the server answered with one
+        self.status = status  # the HTTP status, when the server answered
+
+
+class NotFound(StorageError):
+    """The object does not exist."""
+
+
+class Transient(StorageError):
+    """Worth retrying: server errors, resets, timeouts, truncated bodies."""
+
+    def __init__(self, message: str, code: str = "", status: int = 0, retry_after: float | None = None) -> None:
+        super().__init__(message, code, status)
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
+
+
+class Throttled(Transient):
+    """The provider asks us to slow down: the pacer lowers the requests in flight."""
+
+    throttled = True
+
+
+class Unreachable(Transient):
+    """No connection could be made at all (a wrong endpoint fails the checks at once)."""
+
+    unreachable = True
+
+
+class Permanent(StorageError):
+    """Retrying will not help: access denied, no such bucket, bad request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What mastosync needs to know of a stored object."""
+
+    size: int
+    etag: str | None = None
+    content_type: str | None = None
+    cache_control: str | None = None
+    # Other stored headers to copy with it (KEPT_HEADERS, x-amz-meta-*), lower-case names.
+    metadata: tuple[tuple[str, str], ...] = ()
+    encrypted: bool = False  # SSE-KMS, DSSE-KMS or SSE-C: the ETag is not an MD5
+
+    @property
+    def md5(self) -> str | None:
+        """The MD5 of the bytes (hex), when the ETag is one: a single-part upload without SSE-KMS/SSE-C."""
+        etag = (self.etag or "").strip('"').lower()
+        return etag if PLAIN_MD5.match(etag) and not self.encrypted else None
+
+
+def content_md5(data: bytes | bytearray) -> str:
+    """The Content-MD5 header of a body: the server refuses it (BadDigest) if damaged on the way."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
