@@ -18,6 +18,7 @@ from typing import Any
 
 from mastosync.errors import ConfigError
 
+T = typing.TypeVar("T")
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 DEFAULT_PATH = "config.toml"
@@ -33,9 +34,10 @@ ACLS = (
 )
 
 
-def _opt(default: Any, **meta: Any) -> Any:
-    """A field with a default; meta: secret, parse (size|path), min, max, choices."""
-    return field(default=default, repr=not meta.get("secret", False), metadata=meta)
+def _opt(default: T, **meta: Any) -> T:
+    """A field with a default (of the field's type: mypy checks it); meta: secret, parse
+    (size|path), min, max, choices."""
+    return typing.cast(T, field(default=default, repr=not meta.get("secret", False), metadata=meta))
 
 
 def _required(**meta: Any) -> Any:

@@ -27,7 +27,7 @@ def dry_run(settings: Settings, request: Request, output_format: str = "text", o
         out.flush()
     except BrokenPipeError:  # `mastosync dry-run | head` is fine
         with contextlib.suppress(Exception):
-            sys.stdout = None  # type: ignore[assignment]
+            sys.stdout = None
 
 
 async def _dry_run(settings: Settings, request: Request, output_format: str, out: TextIO) -> None:
@@ -38,7 +38,7 @@ async def _dry_run(settings: Settings, request: Request, output_format: str, out
     full_key = layout.full_key
     # Hand-assembled JSON with the C string encoder: several times faster than json.dumps
     # of a dict, and this loop runs for every object of the instance.
-    quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
+    quote = json.encoder.encode_basestring
     objects = size = 0
     async with open_database(settings) as db:
         hidden = await records.hidden(db, tuple(layout.TYPES[name] for name in request.types))

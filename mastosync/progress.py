@@ -13,7 +13,7 @@ import collections
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -177,7 +177,7 @@ def _mib_per_s(size: float, elapsed: float) -> str:
     return f"{size / elapsed / MIB:.1f} MiB/s"
 
 
-def _done_of(done: int, total: int | None, formatter=str) -> str:  # type: ignore[no-untyped-def]
+def _done_of(done: int, total: int | None, formatter: Callable[[int], str] = str) -> str:
     return formatter(done) if total is None else f"{formatter(done)}/{formatter(total)}"
 
 

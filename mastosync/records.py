@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mastosync.layout import (
     Hidden,
     ObjectType,
 )
+from mastosync.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,12 @@ class Database:
         raise AssertionError("unreachable")
 
 
+# Between reconnects: storage's backoff (full jitter), with a database's pace.
+RECONNECT_BACKOFF = RetryPolicy(retries=RECONNECT_ATTEMPTS, base=0.25, cap=10.0)
+
+
 def _backoff(attempt: int) -> float:
-    return random.uniform(0, min(10.0, 0.25 * 2**attempt))
+    return RECONNECT_BACKOFF.delay(attempt + 1)
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,12 @@ ABSENT = -1  # a listing showed the key does not exist
 
 
 class Known(NamedTuple):
-    """Sizes learnt by listing before the copy: None means not known (ask with HEAD)."""
+    """What listing told of an object's sizes before the copy, side by side: a size, ABSENT
+    (the listing showed no such key), or None (not known: ask with HEAD). The one way
+    mastosync says unknown or absent."""
 
     source_size: int | None = None
     destination_size: int | None = None
-
-
-NOTHING_KNOWN = Known()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +232,7 @@ class Copier:
             attempt += 1
             try:
                 # A retry asks again: what was listed may have changed since.
-                hints = known if attempt == 1 and known is not None else NOTHING_KNOWN
+                hints = known if attempt == 1 and known is not None else Known()
                 outcome = await self._copy_once(source_key, destination_key, hints, how, mismatched)
                 outcome.attempts = attempt
                 return outcome

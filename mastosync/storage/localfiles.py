@@ -45,7 +45,7 @@ class LocalReader:
         self._run = run
 
     async def read(self, n: int, offset: int) -> bytes | bytearray:
-        return await self._run(_read_exactly, self.fd, n, offset)  # type: ignore[no-any-return]
+        return await self._run(_read_exactly, self.fd, n, offset)
 
     async def close(self) -> None:
         if self.fd >= 0:

@@ -93,6 +93,7 @@ ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 ERROR_BODY_LIMIT = 64 * 1024
 USER_AGENT = f"mastosync/{__version__}"
 CREDENTIALS_REFRESH_SECONDS = 60.0
+ABORT_RETRIES = RetryPolicy(retries=3, base=0.2, cap=2.0)  # an upload left open is billed: try a little
 
 
 def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
@@ -649,15 +650,11 @@ class Bucket:
         Returns False when it could not be aborted; the resume state still lists it (it
         was recorded when it started) and the next run tries again.
         """
-        for attempt in range(4):
-            try:
-                await self._abort_once(key, upload_id)
-                return True
-            except StorageError as error:
-                if isinstance(error, Permanent) or attempt == 3:
-                    return False
-                await asyncio.sleep(0.2 * 2**attempt)
-        return False
+        try:
+            await ABORT_RETRIES.call(lambda: self._abort_once(key, upload_id))
+            return True
+        except StorageError:
+            return False
 
 
 class _Redo(Exception):
