@@ -417,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("mastosync: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, like every other error (click's own is four)
+        where = exc.ctx.command_path if exc.ctx is not None else "mastosync"
+        click.echo(f"mastosync: error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -129,9 +129,14 @@ class Tunnel:
             listener = await conn.forward_local_port("127.0.0.1", 0, db.host, db.port)
         except asyncssh.ChannelOpenError as exc:
             conn.close()
+            if exc.code == asyncssh.OPEN_CONNECT_FAILED:  # forwarding allowed, nothing listening there
+                raise TunnelError(
+                    f"SSH {self.where}: the SSH server cannot reach the database at {db.host}:{db.port} "
+                    f"({exc.reason}); check database.host and database.port as seen from the SSH server"
+                ) from None
             raise TunnelError(
                 f"SSH {self.where}: the server refused to forward to {db.host}:{db.port} ({exc.reason}); "
-                "check AllowTcpForwarding and database.host as seen from the SSH server"
+                "check AllowTcpForwarding in its sshd_config"
             ) from None
         except (OSError, asyncssh.Error) as exc:
             conn.close()

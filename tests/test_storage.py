@@ -14,7 +14,7 @@ import pytest
 
 from mastosync.config import BucketSettings
 from mastosync.errors import BucketError
-from mastosync.storage.base import NotFound, Permanent, Transient
+from mastosync.storage.base import NotFound, Permanent, Throttled, Transient
 from mastosync.storage.retry import Pacer
 from mastosync.storage.s3 import Bucket, answer_error, bucket_url
 from tests.conftest import new_bucket, start_server
@@ -59,9 +59,9 @@ SLOWDOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rat
     (404, b"", NotFound, False),  # a HEAD has no body
     (404, b"<Error><Code>NoSuchKey</Code></Error>", NotFound, False),
     (404, b"<Error><Code>NoSuchBucket</Code></Error>", Permanent, False),
-    (503, SLOWDOWN, Transient, True),
-    (503, b"", Transient, True),
-    (429, b"", Transient, True),
+    (503, SLOWDOWN, Throttled, True),
+    (503, b"", Throttled, True),
+    (429, b"", Throttled, True),
     (500, b"<Error><Code>InternalError</Code></Error>", Transient, False),
     (400, b"<Error><Code>BadDigest</Code></Error>", Transient, False),  # the body was damaged on the way
     (400, b"<Error><Code>RequestTimeout</Code></Error>", Transient, False),
@@ -79,8 +79,24 @@ def test_answer_error(status: int, body: bytes, kind: type, throttled: bool) -> 
 
 
 def test_error_message_is_unescaped_and_redacted() -> None:
+    from mastosync.redact import MASK, redact
+
     error = answer_error("PUT k", 403, b"<Error><Code>AccessDenied</Code><Message>a &amp; b</Message></Error>")
     assert str(error) == "PUT k: AccessDenied: a & b" and error.code == "AccessDenied" and error.status == 403
+    # A server that echoes the access key id (as some do in SignatureDoesNotMatch): masked.
+    redact.add(["AKIA-TEST-SECRET-1234"])
+    echoed = answer_error("GET k", 403, b"<Error><Code>SignatureDoesNotMatch</Code>"
+                                        b"<Message>key AKIA-TEST-SECRET-1234 &amp; more</Message></Error>")
+    assert str(echoed) == f"GET k: SignatureDoesNotMatch: key {MASK} & more"
+
+
+def test_redactor_masks_every_secret_longest_first() -> None:
+    from mastosync.redact import MASK, Redactor
+
+    r = Redactor()
+    r.add(["pass", "password-long", ""])  # an empty secret would mask everything: ignored
+    assert r("x password-long y pass z") == f"x {MASK} y {MASK} z"
+    assert r("nothing here") == "nothing here"
 
 
 async def test_pacer_is_first_come_first_served_and_survives_cancellation() -> None:

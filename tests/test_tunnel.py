@@ -16,7 +16,7 @@ from tests.services import instance
 from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
 from tests.services.s3 import S3Server
-from tests.services.ssh import AsyncsshServer, OpenSshServer, sshd_binary
+from tests.services.ssh import FORBIDDEN_PORT, AsyncsshServer, OpenSshServer, sshd_binary
 
 
 def tunnel_config(tmp_path: Path, db: MastodonDb, ssh, buckets: dict | None = None, **ssh_extra) -> Path:
@@ -81,14 +81,17 @@ async def test_checking_off_warns(tmp_path: Path, mastodon_db: MastodonDb, ssh_s
     assert "host key checking is off" in result.stderr
 
 
-async def test_connection_refused_and_forward_refused(tmp_path: Path, mastodon_db: MastodonDb,
+async def test_connection_refused_nothing_listening_and_forward_refused(tmp_path: Path, mastodon_db: MastodonDb,
                                                       ssh_server: AsyncsshServer) -> None:
     config = tunnel_config(tmp_path, mastodon_db, ssh_server, port=free_port())
     refused = run_cli("dry-run", config=config)
     assert refused.returncode == 2 and "cannot connect" in refused.stderr
     config = tunnel_config(tmp_path, mastodon_db, ssh_server)
     closed = run_cli("dry-run", config=config, env={"MASTOSYNC_DATABASE_PORT": str(free_port())})
-    assert closed.returncode == 2 and "refused to forward" in closed.stderr
+    assert closed.returncode == 2 and "cannot reach the database" in closed.stderr  # forwarding was allowed
+    forbidden = run_cli("dry-run", config=config, env={"MASTOSYNC_DATABASE_PORT": str(FORBIDDEN_PORT)})
+    assert forbidden.returncode == 2 and "refused to forward" in forbidden.stderr
+    assert "AllowTcpForwarding" in forbidden.stderr
     unknown = run_cli("dry-run", config=config, env={"MASTOSYNC_SSH_HOST": "no-such-host.invalid"})
     assert unknown.returncode == 2 and "cannot resolve" in unknown.stderr
 

@@ -21,6 +21,7 @@ from tests.services.process import ManagedProcess, ServerFailed, free_port, port
 
 USER = "mastosync"
 PASSWORD = "ssh-test-password"
+FORBIDDEN_PORT = 9  # the asyncssh test server refuses to forward there (administratively prohibited)
 
 
 def make_keys(root: Path) -> None:
@@ -152,7 +153,11 @@ async def _serve(port: int, root: Path) -> None:
             return username == USER and password == PASSWORD
 
         def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
-            return True  # allow direct-tcpip: the local forward mastosync opens
+            # Allow direct-tcpip (the local forward mastosync opens), except to port FORBIDDEN_PORT:
+            # how a server with forwarding turned off for that destination answers.
+            if dest_port == FORBIDDEN_PORT:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding prohibited")
+            return True
 
     def drop_all() -> None:
         for conn in list(connections):
