@@ -124,6 +124,9 @@ class SyncSettings:
     state_dir: str = _opt(".mastosync", parse="path")
     retries: int = _opt(8, min=0, max=100)
     timeout: float = _opt(60.0, min=1, max=3600)
+    # After SIGINT/SIGTERM, the copies in flight get this long to finish (a second signal ends
+    # it at once); keep it under a scheduler's own (Kubernetes' terminationGracePeriodSeconds).
+    grace_period: float = _opt(10.0, min=0, max=3600)
     progress_interval: float = _opt(5.0, min=0.1, max=3600)
     db_batch: int = _opt(2000, min=10, max=100_000)
 

@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 
 from mastosync import cutover, layout
-from mastosync.config import Settings, format_size
+from mastosync.config import Settings, SyncSettings, format_size
 from mastosync.connect import connect
 from mastosync.errors import Interrupted, ObjectsFailed, UsageError, VerifyGaps
 from mastosync.observers import CopyBook, VerifyBook
@@ -45,17 +45,17 @@ async def _run(settings: Settings, request: Request) -> None:
         await _run_locked(settings, resolve_since(settings, request))
 
 
-def memory_budget(settings: Settings) -> MemoryBudget:
+def memory_budget(sync: SyncSettings) -> MemoryBudget:
     """Object bytes held at once: one object at the threshold plus one part. Reading a body
     briefly holds it twice (blocks, then joined), so this bounds about twice that."""
-    return MemoryBudget(settings.sync.multipart_threshold + settings.sync.part_size)
+    return MemoryBudget(sync.multipart_threshold + sync.part_size)
 
 
 def make_copier(settings: Settings, source: Store, destination: Store, events: EventLog | None) -> Copier:
     sync = settings.sync
     copier = Copier(
         source, destination, multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
-        policy=RetryPolicy(retries=sync.retries), budget=memory_budget(settings),
+        policy=RetryPolicy(retries=sync.retries), budget=memory_budget(sync),
         server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
     )
     if events is not None:

@@ -177,6 +177,16 @@ def _mib_per_s(size: float, elapsed: float) -> str:
     return f"{size / elapsed / MIB:.1f} MiB/s"
 
 
+def _size_pair(done: int, total: int | None) -> str:
+    """"1.9/3.8 MiB": done of total in the total's unit, narrow enough for an 80-column table."""
+    if total is None:
+        return format_size(done)
+    number, unit = format_size(total).split(" ")
+    scale = {"B": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB, "TiB": 1024 * 1024 * MIB}[unit]
+    done_text = f"{done / scale:.0f}" if unit == "B" else f"{done / scale:.1f}"
+    return f"{done_text}/{number} {unit}"
+
+
 def _done_of(done: int, total: int | None, formatter: Callable[[int], str] = str) -> str:
     return formatter(done) if total is None else f"{formatter(done)}/{formatter(total)}"
 
@@ -280,21 +290,21 @@ class Display:
                 f"ETA {_duration(self.window.eta(total))}")
 
     def _render(self) -> Group:
-        table = Table(box=box.SIMPLE_HEAD, expand=False)
-        table.add_column("type")
+        table = Table(box=box.SIMPLE_HEAD, expand=False, padding=(0, 1), pad_edge=False)
+        table.add_column("type", no_wrap=True)  # on 80 columns, the numbers give way, not the names
         table.add_column("objects", justify="right")
         columns = (("copied", "skipped", "missing", "failed") if self.mode == "copy"
                    else ("ok", "absent", "different", "missing"))
         for c in columns:
             table.add_column(c, justify="right")
-        table.add_column("bytes", justify="right")
+        table.add_column("bytes", justify="right", no_wrap=True)
         table.add_column("obj/s", justify="right")
         overall = self._sample()
         # Types with nothing to do take no room while running (the summary lists them all).
         shown = [s for s in self.stats if s.objects_total != 0 or s.started_work]
         for s in [*shown, overall]:
             table.add_row(s.name, _done_of(s.objects, s.objects_total), *(str(getattr(s, c)) for c in columns),
-                          _done_of(s.bytes_done, s.bytes_expected, format_size),
+                          _size_pair(s.bytes_done, s.bytes_expected),
                           _rate(s.objects, s.elapsed) if s.started_work else "-")
         if overall.fraction is not None:
             # The bar counts objects and bytes done of the totals; the ETA follows the last 30 s.

@@ -217,7 +217,11 @@ class Tunnel:
         try:
             key = asyncssh.read_private_key(path, passphrase)
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
-            if "assphrase" not in str(exc) and not isinstance(exc, asyncssh.KeyEncryptionError):
+            # asyncssh says "Passphrase must be specified" without one, and "Unable to decrypt"
+            # (PKCS#8) or raises KeyEncryptionError (OpenSSH format) with a wrong one.
+            text = str(exc).lower()
+            encrypted = "passphrase" in text or "decrypt" in text or isinstance(exc, asyncssh.KeyEncryptionError)
+            if not encrypted:
                 raise TunnelError(f"SSH: cannot read ssh.key_file {path}: {exc}") from None
             if passphrase is not None or not (sys.stdin.isatty() and os.isatty(2)):
                 raise TunnelError(

@@ -24,8 +24,6 @@ from mastosync.progress import Display, Stats
 from mastosync.request import Request
 from mastosync.state import Report, TypeProgress
 
-GRACE_SECONDS = 10.0  # after Ctrl-C, copies in flight get this long to finish
-
 
 class Engine:
     """Records → objects → a bounded queue → N workers; stops cleanly on SIGINT/SIGTERM."""
@@ -40,6 +38,7 @@ class Engine:
         self.source = settings.source
         self.destination = settings.destination
         self.batch = settings.sync.db_batch
+        self.grace = settings.sync.grace_period  # after Ctrl-C, copies in flight get this long to finish
         # Objects looked up per listing: about what one database batch brings.
         self.list_batch = min(BATCH_OBJECTS, 2 * settings.sync.db_batch)
         self.db = db
@@ -63,7 +62,7 @@ class Engine:
         if len(self.signals) == 1:
             self.display.message(
                 f"mastosync: {signal.Signals(signum).name} received: finishing copies in flight "
-                f"(at most {GRACE_SECONDS:.0f}s) and saving progress; press Ctrl-C again to stop at once"
+                f"(at most {self.grace:.0f}s) and saving progress; press Ctrl-C again to stop at once"
             )
             self.stop.set()
         else:
@@ -111,7 +110,7 @@ class Engine:
         # wait ends when every worker is done or a second signal comes, whichever is first.
         finished: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
         hard: asyncio.Future[Any] = asyncio.create_task(self.hard_stop.wait())
-        await asyncio.wait({finished, hard}, timeout=GRACE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({finished, hard}, timeout=self.grace, return_when=asyncio.FIRST_COMPLETED)
         hard.cancel()
         for w in pending:
             w.cancel()

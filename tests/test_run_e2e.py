@@ -301,3 +301,30 @@ async def test_progress_tracks_objects_and_bytes_copied(tmp_path: Path, mastodon
     assert final["objects"] == objects and final["fraction"] == 1.0
     assert final["bytes_done"] == final["bytes_expected"] == present
     assert "ETA" in result.stdout and "MiB/s" in result.stdout
+
+
+async def test_same_endpoint_copies_server_side_with_the_storage_class(tmp_path: Path, mastodon_db: MastodonDb,
+                                                                        moto: S3Server) -> None:
+    """Both buckets on one endpoint and account: the configuration alone makes it CopyObject
+    (no byte through mastosync), with the destination's storage class and the ACL rules."""
+    inst = instance.build(mastodon_db.shape, video_size=100_000)
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    await instance.seed(inst, mastodon_db, moto, src)
+    proxy = FaultProxy(moto.port).start()
+    try:
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                              source_endpoint=proxy.endpoint, destination_endpoint=proxy.endpoint,
+                              extra={"destination": {"storage_class": "STANDARD_IA"}})
+        result = run_cli("run", "--all", config=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        expected = inst.expected(present=True)
+        assert proxy.count("CopyObject") >= len(expected) and proxy.count("GetObject", "PutObject") == 0
+        assert "content proven: " + str(len(expected)) + " by server-side copy" in result.stdout
+    finally:
+        proxy.stop()
+    assert moto.keys(dst) == set(expected)
+    for key, obj in expected.items():
+        data, resp = moto.get(dst, key)
+        assert data == obj.data and resp["ContentType"] == obj.content_type, key
+        assert resp.get("StorageClass") == "STANDARD_IA", key
+        assert moto.public_read(dst, key) == (not obj.private), key

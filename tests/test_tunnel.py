@@ -81,6 +81,37 @@ async def test_checking_off_warns(tmp_path: Path, mastodon_db: MastodonDb, ssh_s
     assert "host key checking is off" in result.stderr
 
 
+async def test_an_encrypted_key(tmp_path: Path, mastodon_db: MastodonDb, ssh_server: AsyncsshServer) -> None:
+    """The client key with a passphrase: from MASTOSYNC_SSH_PASSPHRASE; without it (no terminal
+    to ask on) or wrong, one line that says which, and the passphrase never shown."""
+    import asyncssh
+
+    inst = await seeded(mastodon_db)
+    encrypted = tmp_path / "encrypted_key"
+    asyncssh.read_private_key(str(ssh_server.client_key)).write_private_key(str(encrypted),
+                                                                              "pkcs8-pem", passphrase="pp-secret-41")
+    encrypted.chmod(0o600)
+    config = tunnel_config(tmp_path, mastodon_db, ssh_server, key_file=str(encrypted))
+    ok = run_cli("dry-run", "--json", config=config, env={"MASTOSYNC_SSH_PASSPHRASE": "pp-secret-41"})
+    assert dry_run_keys(ok) == set(inst.computed())
+    for env, says in (({}, "is encrypted and no passphrase was given (set MASTOSYNC_SSH_PASSPHRASE)"),
+                      ({"MASTOSYNC_SSH_PASSPHRASE": "pp-wrong-42"}, "is encrypted and the passphrase is wrong")):
+        failed = run_cli("dry-run", config=config, env=env)
+        assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
+            f"mastosync: error: SSH: ssh.key_file {encrypted} {says}"], failed.stderr
+        assert "pp-wrong-42" not in failed.stderr
+
+
+async def test_a_missing_known_hosts_file(tmp_path: Path, mastodon_db: MastodonDb,
+                                          ssh_server: AsyncsshServer) -> None:
+    missing = tmp_path / "nowhere" / "known_hosts"
+    result = run_cli("dry-run", config=tunnel_config(tmp_path, mastodon_db, ssh_server, known_hosts=str(missing)))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"known_hosts file {missing} not found" in lines[0]
+    assert f"ssh-keyscan -p {ssh_server.port} {ssh_server.host} >> {missing}" in lines[0]  # says what to do
+
+
 async def test_connection_refused_nothing_listening_and_forward_refused(tmp_path: Path, mastodon_db: MastodonDb,
                                                       ssh_server: AsyncsshServer) -> None:
     config = tunnel_config(tmp_path, mastodon_db, ssh_server, port=free_port())
