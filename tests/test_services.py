@@ -112,7 +112,7 @@ def test_latency_proxy_delays_each_request_and_counts(moto: S3Server) -> None:
         assert client.head_object(Bucket=bucket, Key="small")["ContentLength"] == 1
     finally:
         proxy.stop()
-    assert 0.6 <= elapsed < 3.0, elapsed  # 0.2 s each, not more than a few times that
+    assert elapsed >= 0.6, elapsed  # 0.2 s added to each (a sleep is never shorter; a busy machine only adds)
     assert proxy.counts.operations == {"PutObject": 2, "GetObject": 3, "HeadObject": 1}
     assert [op for _, op in proxy.counts.timeline] == ["PutObject"] * 2 + ["GetObject"] * 3 + ["HeadObject"]
 
