@@ -99,9 +99,12 @@ def make_instance(count_objects: int, seed: int = 1, small_only: bool = False) -
 
 def write_objects(server: RcloneServer, bucket: str, objects: dict[str, int]) -> None:
     """Straight into the served directory: much faster than uploading, same result for both tools."""
-    rng = random.Random(3)
-    base = server.root / "data" / bucket
-    block = rng.randbytes(1 << 20)
+    write_tree(server.root / "data" / bucket, objects)
+
+
+def write_tree(base: Path, objects: dict[str, int]) -> None:
+    """Files of the given sizes under `base`, keys as relative paths (a bucket's folder, or public/system)."""
+    block = random.Random(3).randbytes(1 << 20)
     for key, size in objects.items():
         path = base / key
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -26,23 +25,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import ROOT, Bench, Measure, make_instance, seed_db, timed  # noqa: E402
+from compare import ROOT, Bench, Measure, make_instance, seed_db, timed, write_tree  # noqa: E402
 
 from tests.conftest import to_toml  # noqa: E402
 from tests.services.s3 import rclone_binary  # noqa: E402
 from tests.services.ssh import OpenSshServer  # noqa: E402
-
-
-def write_folder(root: Path, objects: dict[str, int]) -> None:
-    block = random.Random(3).randbytes(1 << 20)
-    for key, size in objects.items():
-        path = root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            left = size
-            while left:
-                f.write(block[: min(left, len(block))])
-                left -= min(left, len(block))
 
 
 def mastosync(bench: Bench, db, source: dict, ssh: dict | None, bucket: str, concurrency: int) -> tuple:  # type: ignore[no-untyped-def]
@@ -87,7 +74,7 @@ def main() -> None:
     try:
         rows, objects = make_instance(args.objects)
         total = sum(objects.values())
-        write_folder(system, objects)
+        write_tree(system, objects)
         db = asyncio.run(seed_db(bench.pg, rows))
         keys = bench.tmp / "keys.txt"
         keys.write_text("\n".join(objects) + "\n")
