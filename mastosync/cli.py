@@ -277,6 +277,11 @@ def dry_run(
     help="Objects checked at once (default: sync.concurrency).",
 )
 @json_option
+@click.option("--checksum", is_flag=True,
+              help="Compare content too: equal MD5 ETags prove it without reading; see --sample for the rest.")
+@click.option("--sample", type=click.FloatRange(0, 100), default=0.0, metavar="P",
+              help="With --checksum: download P%% of the objects without comparable ETags (multipart, "
+                   "folders) from both sides and compare their MD5s (default 0).")
 def verify(
     config_path: str | None,
     types: tuple[str, ...],
@@ -286,12 +291,14 @@ def verify(
     shard: tuple[int, int] | None,
     concurrency: int | None,
     as_json: bool,
+    checksum: bool,
+    sample: float,
 ) -> None:
     """Check that every object present at the source is at the destination with the same size.
 
     Prints each object that is absent or different at the destination, and those the
     database references but the source lacks. Exit 1 when the destination lacks
-    anything the source has.
+    anything the source has. With --checksum, the content too.
     """
     from mastosync import pipeline
     from mastosync.request import Request
@@ -307,7 +314,68 @@ def verify(
             concurrency=concurrency or settings.sync.concurrency,
         ),
         as_json=as_json,
+        checksum=checksum,
+        sample=sample,
     )
+
+
+side_option = click.option("--side", type=click.Choice(["source", "destination"]), default="destination",
+                           show_default=True, help="Which side of the configuration to look at.")
+
+
+@cli.command("audit")
+@config_option
+@selection_options
+@shard_option
+@side_option
+@click.option("--headers", is_flag=True, help="Also check Content-Type, Cache-Control and the ACL (public or not).")
+@click.option("--sample", type=click.IntRange(1), metavar="N", help="With --headers: N objects per type (default all).")
+@json_option
+def audit_command(config_path: str | None, types: tuple[str, ...], all_types: bool, shard: tuple[int, int] | None,
+                  side: str, headers: bool, sample: int | None, as_json: bool) -> None:
+    """Compare a bucket (or folder) with what the database expects; read-only.
+
+    Per type: expected, present, missing, size mismatches, (with --headers) wrong headers and
+    ACLs, and orphans: objects no record references, listed in a JSON-lines file under
+    sync.state_dir for you to check and delete (mastosync never deletes). Exit 1 when
+    anything the database references is missing.
+    """
+    from mastosync import audit
+    from mastosync.request import Request
+
+    settings = _load(config_path)
+    audit.audit(settings, Request(types=chosen_types(types, all_types), shard=shard,
+                                  concurrency=settings.sync.concurrency),
+                audit.Audit(side=side, headers=headers, sample=sample, as_json=as_json))
+
+
+@cli.command("fix")
+@config_option
+@selection_options
+@shard_option
+@side_option
+@click.option("--acl", "fix_acl", is_flag=True, help="Set the ACL Mastodon would have (private objects stay private).")
+@click.option("--headers", "fix_headers", is_flag=True,
+              help="Set Content-Type and Cache-Control as Mastodon writes them (CopyObject onto itself).")
+@click.option("--dry-run", "dry_run", is_flag=True, help="Say what would be fixed; change nothing.")
+def fix_command(config_path: str | None, types: tuple[str, ...], all_types: bool, shard: tuple[int, int] | None,
+                side: str, fix_acl: bool, fix_headers: bool, dry_run: bool) -> None:
+    """Repair in place the ACL and headers of the objects the database references.
+
+    For buckets an earlier copy left with every avatar private or binary/octet-stream
+    everywhere. Only objects that differ are touched; objects already right cost a HEAD
+    (and an ACL read), nothing more.
+    """
+    from mastosync import audit
+    from mastosync.errors import UsageError
+    from mastosync.request import Request
+
+    if not (fix_acl or fix_headers):
+        raise UsageError("fix: say what to fix: --acl, --headers, or both")
+    settings = _load(config_path)
+    audit.audit(settings, Request(types=chosen_types(types, all_types), shard=shard,
+                                  concurrency=settings.sync.concurrency),
+                audit.Audit(side=side, fix_acl=fix_acl, fix_headers=fix_headers, dry_run=dry_run))
 
 
 @cli.command("init")

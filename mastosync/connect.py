@@ -12,7 +12,7 @@ import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mastosync import layout, records
 from mastosync.config import Settings
@@ -75,23 +75,31 @@ class Connected:
 
 
 async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request: Request,
-                   progress: dict[str, TypeProgress], write: bool) -> Connected:
-    """Connect everything and check access up front: a bad password or bucket stops us here."""
+                  progress: dict[str, TypeProgress], write: bool, only: str | None = None) -> Connected:
+    """Connect everything and check access up front: a bad password or bucket stops us here.
+
+    With `only` ("source" or "destination": audit, fix), that side alone is opened; it then
+    stands for both."""
     filters = filters_for(settings, request)
     tunnel = await open_ssh(stack, settings, with_files=True)
     db = await stack.enter_async_context(open_database(settings, tunnel))
     pool = request.concurrency + 8
-    source: Store = await stack.enter_async_context(
-        make_store(settings.source, "source", pool, settings.sync.timeout, tunnel))
-    destination: Store = await stack.enter_async_context(
-        make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel))
-    # Both buckets at once, and while the database is asked what to do: each check is a
-    # round trip or two to a provider that may be far away.
-    # The write check sends what every copy sends (ACL, storage class), so a bucket that refuses
-    # them is found now.
-    checks = asyncio.gather(source.check(), destination.check(write=write, extra=destination.headers_for(Head(0),
-                                                                                                          False)),
-                            return_exceptions=True)
+    if only is not None:
+        side = settings.source if only == "source" else settings.destination
+        store: Store = await stack.enter_async_context(make_store(side, only, pool, settings.sync.timeout, tunnel))
+        source = destination = store
+        checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, extra=store.headers_for(Head(0), False)),
+                                                     return_exceptions=True)
+    else:
+        source = await stack.enter_async_context(
+            make_store(settings.source, "source", pool, settings.sync.timeout, tunnel))
+        destination = await stack.enter_async_context(
+            make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel))
+        # Both at once, and while the database is asked what to do: each check is a round
+        # trip or two to a provider that may be far away. The write check sends what every
+        # copy sends (ACL, storage class), so a bucket that refuses them is found now.
+        checks = asyncio.gather(source.check(), destination.check(
+            write=write, extra=destination.headers_for(Head(0), False)), return_exceptions=True)
     try:
         queries: dict[str, records.Query | None] = {}
         retry_queries: dict[str, records.Query | None] = {}

@@ -21,6 +21,7 @@ remove_status_service.rb).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -349,3 +350,16 @@ def partition_root(obj: MediaObject) -> str:
     of a batch of records under it sits in one narrow key range (one listing)."""
     cache = "cache/" if obj.key.startswith("cache/") else ""
     return f"{cache}{_ATTACHMENT_PATHS[obj.type, obj.attachment]}/"
+
+
+_KEY = re.compile(r"^(?:cache/)?(?P<path>[a-z_]+/[a-z_]+)/(?P<partition>\d{3}(?:/\d{3})+)/[^/]+/[^/]+$")
+_TYPE_OF_PATH = {a.path: t.name for t in TYPES.values() for a in t.attachments}
+
+
+def record_of_key(key: str) -> tuple[str, int] | None:
+    """(type, record id) of a key Mastodon could have written (the inverse of the layout's
+    rule), or None: a key no record can own, an orphan whatever the database says."""
+    found = _KEY.match(key)
+    if found is None or found["path"] not in _TYPE_OF_PATH:
+        return None
+    return _TYPE_OF_PATH[found["path"]], int(found["partition"].replace("/", ""))

@@ -75,6 +75,7 @@ class VerifyBook:
         if status == Status.OK:
             s.ok += 1
             s.bytes += finding.source_size or 0
+            s.proofs[finding.proof or "size"] += 1
         else:
             if status == Status.MISSING:
                 s.missing += 1

@@ -162,12 +162,13 @@ def summarise_run(display: Display, stats: dict[str, Stats], progress: dict[str,
                        if complete and request.since is None else ""))
 
 
-def verify(settings: Settings, request: Request, as_json: bool) -> None:
+def verify(settings: Settings, request: Request, as_json: bool, checksum: bool = False, sample: float = 0.0) -> None:
     """Check the destination against the source; raises VerifyGaps (exit 1) when it lacks anything."""
-    asyncio.run(_verify(settings, resolve_since(settings, request), as_json))
+    asyncio.run(_verify(settings, resolve_since(settings, request), as_json, checksum, sample))
 
 
-async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
+async def _verify(settings: Settings, request: Request, as_json: bool, checksum: bool = False,
+                  sample: float = 0.0) -> None:
     report = Report(settings.sync.state_dir, report_label("verify", request.shard))
     progress = {name: TypeProgress() for name in request.types}
     async with contextlib.AsyncExitStack() as stack:
@@ -176,7 +177,8 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
         # With --json, stdout carries only findings; progress and summary go to stderr.
         display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
                           out=sys.stderr if as_json else sys.stdout)
-        step = CheckStep(connected.source, connected.destination, RetryPolicy(retries=settings.sync.retries))
+        step = CheckStep(connected.source, connected.destination, RetryPolicy(retries=settings.sync.retries),
+                         checksum, sample)
         book = VerifyBook(report, display, sys.stdout, as_json)
 
         async def check(job: Job) -> None:
@@ -188,6 +190,11 @@ async def _verify(settings: Settings, request: Request, as_json: bool) -> None:
         engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
                         connected.learn_sizes(need_source=True), connected.hidden)
         await drive(engine, stats, display, report, "verify", "findings")
+        if checksum:
+            proofs = total_of(list(stats.values())).proofs
+            display.message(f"content compared: {proofs['etag']} by equal MD5 ETags, {proofs['downloaded']} "
+                            f"downloaded from both sides and hashed ({sample:g}% sample of the rest), "
+                            f"{proofs['size']} by size only")
     if engine.signals:
         raise Interrupted(engine.signals[0])
     gaps = sum(s.absent + s.different + s.failed for s in stats.values())

@@ -90,3 +90,20 @@ async def _sizes(bucket: Store, root: str, keys: list[str], pages: int) -> dict[
                                           pages)
     except StorageError:
         return None
+
+
+async def learn_sizes_of(jobs: list[Job], store: Store) -> None:
+    """learn_sizes for one store (audit, fix): its sizes as the jobs' destination sizes."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        group = groups.setdefault(layout.partition_root(job.obj), [])
+        group.append(job)
+        if job.fallback is not None:
+            group.append(job.fallback)
+
+    async def learn(root: str, group: list[Job]) -> None:
+        sizes = await _sizes(store, root, [j.destination_key for j in group], 2 + len(group) // 500)
+        for job in group:
+            job.known = Known(None, None if sizes is None else sizes.get(job.destination_key, ABSENT))
+
+    await asyncio.gather(*(learn(root, group) for root, group in groups.items()))

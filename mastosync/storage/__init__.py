@@ -11,6 +11,7 @@ bucket's ACL, a file's mode) is in the headers each store makes with `headers_fo
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config import BucketSettings, DestinationSettings
@@ -65,6 +66,14 @@ class Store(Protocol):
 
     async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
                             page_size: int = 1000) -> dict[str, int] | None: ...
+
+    def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]: ...
+
+    async def public_read(self, key: str) -> bool: ...
+
+    async def put_acl(self, key: str, acl: str) -> None: ...
+
+    async def replace_headers(self, key: str, headers: dict[str, str]) -> None: ...
 
 
 def needs_ssh(*sides: BucketSettings) -> bool:

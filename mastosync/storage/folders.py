@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -81,6 +81,10 @@ class Files(Protocol):
     async def make_dirs(self, path: str) -> None: ...
 
     async def remove(self, path: str) -> None: ...
+
+    async def mode_of(self, path: str) -> int: ...
+
+    async def chmod(self, path: str, mode: int) -> None: ...
 
     async def check(self, write: bool) -> None:
         """Raise FolderError if the root cannot be read (and written, with its owner)."""
@@ -178,6 +182,32 @@ class FolderStore:
             except StorageError:
                 pass  # removed meanwhile, or not ours to remove: no reason to fail a listing
         return found
+
+    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]:
+        """Every file under the folder `prefix` with its size, a folder at a time (partial
+        files of ours included: they are not objects)."""
+        pending = [prefix]
+        while pending:
+            folder = pending.pop()
+            entries = await self.files.entries(folder)
+            if entries is None:
+                continue
+            pending.extend(f"{folder}{e.name}/" for e in entries if e.is_dir)
+            files = [(f"{folder}{e.name}", e.size) for e in entries if not e.is_dir]
+            if files:
+                yield files
+
+    async def public_read(self, key: str) -> bool:
+        """Whether the web server may serve the file: readable by others (0644, not 0600)."""
+        return bool(await self.files.mode_of(key) & 0o004)
+
+    async def put_acl(self, key: str, acl: str) -> None:
+        await self.files.chmod(key, 0o600 if acl == "private" else 0o644)
+
+    async def replace_headers(self, key: str, headers: dict[str, str]) -> None:
+        mode = headers.get(MODE_KEY)
+        if mode is not None:  # a file has no headers; its mode is what stands for an ACL
+            await self.files.chmod(key, int(mode, 8))
 
     # -- writing --------------------------------------------------------------------------
 

@@ -163,6 +163,12 @@ class LocalFiles:
             if self.owner is not None:
                 os.chown(path, *self.owner)
 
+    async def mode_of(self, key: str) -> int:
+        return (await self.run(os.stat, self.path(key), what=f"stat {key}")).st_mode
+
+    async def chmod(self, key: str, mode: int) -> None:
+        await self.run(os.chmod, self.path(key), mode, what=f"chmod {key}")
+
     async def remove(self, key: str) -> None:
         await self.run(os.unlink, self.path(key), what=f"remove {key}")
 

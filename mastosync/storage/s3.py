@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import html
 import os
@@ -32,7 +33,7 @@ import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -94,6 +95,7 @@ ERROR_BODY_LIMIT = 64 * 1024
 USER_AGENT = f"mastosync/{__version__}"
 CREDENTIALS_REFRESH_SECONDS = 60.0
 ABORT_RETRIES = RetryPolicy(retries=3, base=0.2, cap=2.0)  # an upload left open is billed: try a little
+RETRIES = RetryPolicy(retries=8)  # a listing page, asked again from the same token
 
 
 def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
@@ -635,6 +637,41 @@ class Bucket:
             query = {k: v for k, v in query.items() if k != "start-after"}
             query["continuation-token"] = token
         return None
+
+    # -- audit and fix: the whole bucket, ACLs, headers in place ---------------------------
+
+    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]:
+        """Every key under `prefix` with its size, a ListObjectsV2 page at a time."""
+        query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url"}
+        while True:
+            page = await RETRIES.call(functools.partial(self._xml, "GET", None, f"LIST {prefix or '/'}", query))
+            encoded = (page.findtext("EncodingType") or "").lower() == "url"
+            found = []
+            for item in page.findall("Contents"):
+                key = item.findtext("Key") or ""
+                found.append((unquote_plus(key) if encoded else key, int(item.findtext("Size") or 0)))
+            yield found
+            token = page.findtext("NextContinuationToken")
+            if (page.findtext("IsTruncated") or "").lower() != "true" or not token:
+                return
+            query = {k: v for k, v in query.items() if k != "start-after"}
+            query["continuation-token"] = token
+
+    async def public_read(self, key: str) -> bool:
+        """Whether everyone may read the object (a READ grant to AllUsers: public-read)."""
+        root = await self._xml("GET", key, f"GetObjectAcl {key}", {"acl": ""})
+        return any(grant.findtext("Permission") in ("READ", "FULL_CONTROL")
+                   and (grant.findtext("Grantee/URI") or "").endswith("/global/AllUsers")
+                   for grant in root.iter("Grant"))
+
+    async def put_acl(self, key: str, acl: str) -> None:
+        await self._send("PUT", key, f"PutObjectAcl {key}", {"acl": ""}, {"x-amz-acl": acl})
+
+    async def replace_headers(self, key: str, headers: dict[str, str]) -> None:
+        """The object's headers (and ACL) set in place: CopyObject onto itself, REPLACE."""
+        await self._xml("PUT", key, f"COPY {key} onto itself", {},
+                        {**headers, "x-amz-copy-source": self._copy_source(self, key),
+                         "x-amz-metadata-directive": "REPLACE"})
 
     async def _abort_once(self, key: str, upload_id: str) -> None:
         try:

@@ -126,6 +126,12 @@ class SftpFiles:
                 path = posixpath.join(path, part)
                 await self._call(f"create folder {key}", "chown", path, self.owner[0], self.owner[1])
 
+    async def mode_of(self, key: str) -> int:
+        return int((await self._call(f"stat {key}", "stat", self.path(key))).permissions or 0)
+
+    async def chmod(self, key: str, mode: int) -> None:
+        await self._call(f"chmod {key}", "chmod", self.path(key), mode)
+
     async def remove(self, key: str) -> None:
         await self._call(f"remove {key}", "remove", self.path(key))
 

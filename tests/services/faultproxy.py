@@ -192,7 +192,7 @@ class FaultProxy:
                 self.counters.stored[unquote(urlsplit(target).path)] += 1
             for name in headers or ():
                 self.counters.headers[f"{op} {name}"] += 1
-            if headers is not None and op in ("PutObject", "CreateMultipartUpload", "CopyObject"):
+            if headers is not None and op in ("PutObject", "CreateMultipartUpload", "CopyObject", "PutObjectAcl"):
                 self.counters.acl[unquote(urlsplit(target).path)] = headers.get("x-amz-acl")
             self.counters.operations[op] += 1
             if target:

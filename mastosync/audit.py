@@ -1,0 +1,320 @@
+"""`mastosync audit` and `mastosync fix`: one side's objects against what the database expects.
+
+audit (read-only), in two passes over the side:
+  1. every object the database references, by the same batches and key-range listings as
+     `run`: present, missing, or another size than the database's; with --headers (all, or
+     --sample N per type) its Content-Type, Cache-Control and ACL against what Mastodon
+     would have written;
+  2. the whole prefix (or folder), a listing page at a time: each key is parsed back to its
+     record (layout.record_of_key), the records of the page are read from the database, and
+     a key none of them owns is an orphan. Memory stays bounded by a page.
+fix: the same first pass; each object whose ACL or headers differ is set right in place
+(PutObjectAcl; CopyObject onto itself with REPLACE), through the same pacing and retries.
+Orphans are listed, never deleted.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mastosync import layout, records
+from mastosync.config import Settings, format_size
+from mastosync.connect import connect
+from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
+from mastosync.plan import Job, learn_sizes_of
+from mastosync.progress import Display
+from mastosync.request import Request, report_label
+from mastosync.state import Report, TypeProgress
+from mastosync.storage import Store, sniff
+from mastosync.storage.base import Head, StorageError
+from mastosync.storage.folders import MASTODON_CACHE_CONTROL, MODE_KEY
+from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.sniff import SNIFF_BYTES
+from mastosync.transfer import ABSENT
+from mastosync.workers import Engine
+
+# What Mastodon sends (paperclip.rb s3_headers), and what versions before 3.0 sent.
+GOOD_CACHE_CONTROL = (MASTODON_CACHE_CONTROL, "max-age=315576000")
+PUBLIC_ACLS = ("public-read", "public-read-write")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What the user asked of audit or fix."""
+
+    side: str = "destination"
+    headers: bool = False
+    sample: int | None = None  # objects per type whose headers are checked; None: all
+    as_json: bool = False
+    fix_acl: bool = False
+    fix_headers: bool = False
+    dry_run: bool = False
+
+    @property
+    def fixing(self) -> bool:
+        return self.fix_acl or self.fix_headers
+
+
+@dataclass
+class Tally:
+    """audit's counters of one type."""
+
+    expected: int = 0
+    present: int = 0
+    missing: int = 0
+    size_mismatch: int = 0
+    wrong_headers: int = 0
+    wrong_acl: int = 0
+    fixed: int = 0
+    errors: int = 0
+    orphans: int = 0
+    orphan_bytes: int = 0
+    headers_checked: int = 0
+
+
+def expected_headers(side: Store, obj: layout.MediaObject, head: Head, content_type: str | None) -> dict[str, str]:
+    """The headers Mastodon would have written for this object: the stored ones, with the
+    Content-Type, Cache-Control and ACL set right (for a folder, its mode)."""
+    if hasattr(side, "files"):  # a folder: only the mode means anything
+        return {MODE_KEY: oct(layout.file_mode(obj))}
+    fixed = Head(head.size, head.etag, content_type,
+                 head.cache_control if head.cache_control in GOOD_CACHE_CONTROL else MASTODON_CACHE_CONTROL,
+                 head.metadata)
+    return side.headers_for(fixed, obj.private)
+
+
+def acceptable_types(obj: layout.MediaObject) -> set[str]:
+    """Paperclip's type of the file: the row's (originals), or the style's format; a GIF's
+    small .png made by an old Mastodon holds GIF bytes and says so."""
+    return {t for t in (obj.content_type, layout.likely_content_type(obj)) if t}
+
+
+class AuditStep:
+    def __init__(self, settings: Settings, store: Store, audit: Audit, acl: str, policy: RetryPolicy) -> None:
+        self.settings, self.store, self.audit, self.acl, self.policy = settings, store, audit, acl, policy
+        self.tallies: dict[str, Tally] = collections.defaultdict(Tally)
+        self.folder = hasattr(store, "files")
+
+    async def __call__(self, job: Job, report: Report, out: Any) -> None:
+        obj, tally = job.obj, self.tallies[job.obj.type]
+        tally.expected += 1
+        try:
+            await self._check(job, tally, report, out)
+        except StorageError as exc:
+            tally.errors += 1
+            self._finding(report, out, job, "error", str(exc))
+        job.stats.done(0, obj.estimate)
+        job.stats.ok += 1
+        job.progress.finish(obj.id, True)
+
+    async def _check(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
+        obj = job.obj
+        known = job.known.destination_size if job.known else None
+        size = known if known is not None else await self._size(job.destination_key)
+        if size == ABSENT and job.fallback is not None:
+            other = await self._size(job.fallback.destination_key)
+            if other != ABSENT:
+                job, size = job.fallback, other
+        if size == ABSENT:
+            tally.missing += 1
+            self._finding(report, out, job, "missing", "expected, absent")
+            return
+        tally.present += 1
+        if obj.size is not None and obj.style == "original" and size != obj.size:
+            tally.size_mismatch += 1
+            self._finding(report, out, job, "size-mismatch", f"{size} bytes, the database says {obj.size}")
+        if not (self.audit.headers or self.audit.fixing):
+            return
+        if self.audit.sample is not None and tally.headers_checked >= self.audit.sample:
+            return
+        tally.headers_checked += 1
+        await self._headers(job, tally, report, out)
+
+    async def _size(self, key: str) -> int:
+        head = await self.policy.call(lambda: self.store.head(key))
+        return ABSENT if head is None else head.size
+
+    async def _headers(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
+        obj, key = job.obj, job.destination_key
+        wrong: list[str] = []
+        head = None
+        right_type: str | None = None
+        if not self.folder:
+            head = await self.policy.call(lambda: self.store.head(key))
+            if head is None:
+                return
+            right_type = head.content_type
+            if head.content_type not in acceptable_types(obj):
+                # What Paperclip would have found in the bytes (a GIF card holds a JPEG).
+                right_type = await self._sniff(key) or layout.likely_content_type(obj)
+            if head.content_type != right_type:
+                wrong.append(f"Content-Type {head.content_type!r}, Mastodon writes {right_type!r}")
+            if head.cache_control not in GOOD_CACHE_CONTROL:
+                wrong.append(f"Cache-Control {head.cache_control!r}")
+        acl_wrong = False
+        if self.acl or self.folder:
+            public = await self.policy.call(lambda: self.store.public_read(key))
+            should = not obj.private and (self.folder or self.acl in PUBLIC_ACLS)
+            if public != should:
+                acl_wrong = True
+                tally.wrong_acl += 1
+                self._finding(report, out, job, "wrong-acl",
+                              "public, but Mastodon keeps it private" if public else "private, Mastodon serves it")
+        if wrong:
+            tally.wrong_headers += 1
+            self._finding(report, out, job, "wrong-headers", "; ".join(wrong))
+        repair_headers = self.audit.fix_headers and wrong
+        repair_acl = self.audit.fix_acl and acl_wrong
+        if not (repair_headers or repair_acl) or self.audit.dry_run:
+            return
+        if repair_headers or self.folder:
+            assert head is not None or self.folder
+            headers = expected_headers(self.store, obj, head or Head(0), right_type)
+            await self.policy.call(lambda: self.store.replace_headers(key, headers))  # the ACL with them
+        else:
+            acl = "private" if obj.private else self.acl
+            await self.policy.call(lambda: self.store.put_acl(key, acl))
+        tally.fixed += 1
+
+    async def _sniff(self, key: str) -> str | None:
+        """The type of the object's first bytes (one short read)."""
+        head, body = await self.policy.call(lambda: self.store.get(key))
+        try:
+            start = await body.read(min(SNIFF_BYTES, head.size), last=head.size <= SNIFF_BYTES) if head.size else b""
+        finally:
+            await body.aclose()
+        return sniff.content_type(bytes(start))
+
+    def _finding(self, report: Report, out: Any, job: Job, status: str, reason: str) -> None:
+        entry = {"type": job.obj.type, "id": job.obj.id, "style": job.obj.style, "key": job.destination_key,
+                 "status": status, "reason": reason}
+        report.write(entry)
+        if out is not None:
+            out.write(json.dumps(entry) + "\n")
+
+
+async def find_orphans(db: records.Database, store: Store, settings: Settings, prefix: str,
+                       path: Path, hidden: layout.Hidden) -> tuple[dict[str, list[int]], int]:
+    """Keys under `prefix` that no record owns, written to `path` (JSON lines); returns the
+    count and bytes per type ("other" for keys no record could own) and the keys listed."""
+    found: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    listed = 0
+    queries: dict[str, records.Query | None] = {}
+    with path.open("w", encoding="utf-8") as out:
+        async for page in store.list_pages(prefix):
+            listed += len(page)
+            owners: dict[str, set[int]] = collections.defaultdict(set)
+            for key, _ in page:
+                owner = layout.record_of_key(key[len(prefix):])
+                if owner is not None:
+                    owners[owner[0]].add(owner[1])
+            wanted: set[str] = set()
+            for name, ids in owners.items():
+                object_type = layout.TYPES[name]
+                query = await records.query_for(db, object_type, records.Filters(ids=tuple(sorted(ids))))
+                if query is None:
+                    continue
+                queries[name] = query
+                async for row in records.stream(db, query):
+                    for obj in layout.objects_of(object_type, row, None, hidden):
+                        wanted.add(layout.full_key(store.key_prefix, obj.key))
+                        if obj.fallback is not None:
+                            wanted.add(layout.full_key(store.key_prefix, obj.fallback))
+            for key, size in page:
+                if key in wanted:
+                    continue
+                owner = layout.record_of_key(key[len(prefix):])
+                counts = found[owner[0] if owner else "other"]
+                counts[0] += 1
+                counts[1] += size
+                out.write(json.dumps({"key": key, "size": size}) + "\n")
+    return found, listed
+
+
+def audit(settings: Settings, request: Request, what: Audit) -> None:
+    import asyncio
+
+    asyncio.run(_audit(settings, request, what))
+
+
+async def _audit(settings: Settings, request: Request, what: Audit) -> None:
+    command = "fix" if what.fixing else "audit"
+    label = report_label(f"{command}-{what.side}", request.shard)
+    report = Report(settings.sync.state_dir, label)
+    progress = {name: TypeProgress() for name in request.types}
+    side_settings = settings.destination if what.side == "destination" else settings.source
+    async with contextlib.AsyncExitStack() as stack:
+        connected = await connect(stack, settings, request, progress, write=what.fixing and not what.dry_run,
+                                  only=what.side)
+        store = connected.destination if what.side == "destination" else connected.source
+        stats = connected.stats
+        display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
+                          out=sys.stderr if what.as_json else sys.stdout)
+        acl = getattr(side_settings, "acl", "") or ""
+        if what.side == "source" and not side_settings.is_folder:
+            acl = settings.destination.acl  # Mastodon's S3_PERMISSION: the same on the old bucket
+        step = AuditStep(settings, store, what, acl, RetryPolicy(retries=settings.sync.retries))
+        out = sys.stdout if what.as_json else None
+
+        async def check(job: Job) -> None:
+            await step(job, report, out)
+
+        engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
+                        functools.partial(learn_sizes_of, store=store), connected.hidden)
+        try:
+            with display.running():
+                await engine.run()
+        finally:
+            report.close()
+        if engine.signals:
+            raise Interrupted(engine.signals[0])
+        orphans: dict[str, list[int]] = {}
+        listed = 0
+        orphan_path = Path(settings.sync.state_dir) / f"orphans-{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}.jsonl"
+        if not what.fixing and request.limit is None and request.since is None and request.shard is None:
+            prefix = layout.full_key(store.key_prefix, "") if store.key_prefix else ""
+            orphans, listed = await find_orphans(connected.db, store, settings, prefix, orphan_path,
+                                                 connected.hidden)
+        summarise(step.tallies, orphans, listed, orphan_path, what, store, report,
+                  sys.stderr if what.as_json else sys.stdout)
+    missing = sum(t.missing for t in step.tallies.values())
+    errors = sum(t.errors for t in step.tallies.values())
+    if what.fixing and errors:
+        raise ObjectsFailed(f"{errors} objects could not be checked or fixed; see {report.path}")
+    if missing:
+        raise VerifyGaps(f"{missing} objects the database references are missing from the {what.side}; "
+                         f"see {report.path}")
+
+
+def summarise(tallies: dict[str, Tally], orphans: dict[str, list[int]], listed: int, orphan_path: Path,
+              what: Audit, store: Store, report: Report, out: Any) -> None:
+    columns = ["expected", "present", "missing", "size_mismatch"]
+    if what.headers or what.fixing:
+        columns += ["headers_checked", "wrong_headers", "wrong_acl"]
+    if what.fixing:
+        columns += ["fixed"]
+    names = sorted(set(tallies) | set(orphans), key=lambda n: (n not in layout.TYPES, n))
+    header = ["type", *columns, "orphans", "orphan bytes"]
+    rows = [[n, *(str(getattr(tallies[n], c)) if n in tallies else "-" for c in columns),
+             str(orphans.get(n, [0, 0])[0]), format_size(orphans.get(n, [0, 0])[1])] for n in names]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print(f"mastosync {'fix' if what.fixing else 'audit'} of the {what.side} ({store.describe()})", file=out)
+    for line in (header, *rows):
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))),
+              file=out)
+    count = sum(n for n, _ in orphans.values())
+    if listed:
+        size = sum(b for _, b in orphans.values())
+        print(f"orphans: {count} of {listed} keys listed, {format_size(size)}, referenced by no record; listed in "
+              f"{orphan_path.resolve()}. mastosync never deletes them. After checking the list:\n"
+              f"  jq -r .key {orphan_path.name} > orphans.txt; rclone delete REMOTE:BUCKET --files-from-raw "
+              "orphans.txt   (or: aws s3 rm s3://BUCKET/KEY for each)", file=out)
+    print(f"report: {report.path} ({report.lines} findings)", file=out)

@@ -1,0 +1,107 @@
+"""`audit`, `fix` and `verify --checksum` on a bucket an earlier tool migrated badly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
+from tests.services import instance
+from tests.services.faultproxy import FaultProxy
+from tests.services.s3 import S3Server
+
+MASTODON_CC = "public, max-age=315576000, immutable"
+
+
+async def badly_migrated(tmp_path: Path, db: MastodonDb, s3: S3Server) -> tuple[instance.Instance, str, str, dict]:
+    """What `rclone copy` of the whole bucket leaves: orphans copied (and more under cache/ and
+    another folder), headers lost on some objects, ACLs lost on others, a few files missing,
+    one of another size."""
+    inst = instance.build(db.shape, video_size=100_000)
+    src, dst = new_bucket(s3, "src"), new_bucket(s3, "dst")
+    await instance.seed(inst, db, s3, src)
+    expected = sorted(inst.expected(present=True).items())
+    missing = {expected[1][0], expected[7][0]}
+    wrong_headers = {k for k, _ in expected[10:14]}
+    wrong_acl = {k for k, o in expected if o.private and k not in missing}  # kept private by Mastodon, made public
+    wrong_acl |= {k for k, o in expected[20:23] if not o.private}  # public ones made private
+    resized = next(k for k, o in expected[30:] if o.size > 100 and k not in wrong_acl)
+    for key, obj in expected:
+        if key in missing:
+            continue
+        data = obj.data[:50] if key == resized else obj.data
+        headers = ("binary/octet-stream", None) if key in wrong_headers else (obj.content_type, obj.cache_control)
+        acl = ("public-read" if obj.private else "private") if key in wrong_acl else (
+            "private" if obj.private else "public-read")
+        s3.put(dst, key, data, headers[0], headers[1], acl=acl)
+    orphans = [*inst.orphans, "cache/accounts/avatars/999/999/999/original/gone.png", "backups-old/dump.zip"]
+    for key in orphans:
+        s3.put(dst, key, b"orphan " + key.encode(), "image/png")
+    return inst, src, dst, {"missing": missing, "wrong_headers": wrong_headers, "wrong_acl": wrong_acl,
+                            "resized": resized, "orphans": set(orphans)}
+
+
+def findings(stdout: str, status: str) -> set[str]:
+    return {e["key"] for e in map(json.loads, stdout.splitlines()) if e["status"] == status}
+
+
+async def test_audit_fix_and_audit_again(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    inst, src, dst, bad = await badly_migrated(tmp_path, mastodon_db, moto)
+    proxy = FaultProxy(moto.port).start()
+    try:
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                              destination_endpoint=proxy.endpoint, extra={"destination": {"acl": "public-read"}})
+        audit = run_cli("audit", "--headers", "--json", config=config)
+        assert audit.returncode == 1, audit.stderr  # something the database references is missing
+        # Missing: what the earlier copy lost, and what the old bucket never had either.
+        assert findings(audit.stdout, "missing") == bad["missing"] | set(inst.expected(present=False))
+        assert findings(audit.stdout, "size-mismatch") == {bad["resized"]}
+        assert findings(audit.stdout, "wrong-headers") == bad["wrong_headers"]
+        assert findings(audit.stdout, "wrong-acl") == bad["wrong_acl"]
+        listed = re.search(r"listed in (\S+\.jsonl)", audit.stderr)
+        assert listed, audit.stderr
+        orphans = {json.loads(line)["key"] for line in Path(listed.group(1)).read_text().splitlines()}
+        assert orphans == bad["orphans"]
+        assert "mastosync never deletes them" in audit.stderr and "rclone delete" in audit.stderr
+        assert proxy.count("PutObject", "CopyObject", "PutObjectAcl", "DeleteObject") == 0  # read-only
+
+        proxy.reset_counters()
+        preview = run_cli("fix", "--acl", "--headers", "--dry-run", config=config)
+        assert preview.returncode == 1 and proxy.count("CopyObject", "PutObjectAcl") == 0, preview.stderr
+
+        proxy.reset_counters()
+        fixed = run_cli("fix", "--acl", "--headers", config=config)
+        assert fixed.returncode == 1, fixed.stdout + fixed.stderr  # still missing two: fix does not copy
+        touched = {path.split("/", 2)[2] for path in proxy.counters.acl} - {".mastosync-write-check"}
+        assert touched == bad["wrong_headers"] | bad["wrong_acl"]  # exactly those, none already right
+        assert proxy.count("CopyObject") == len(bad["wrong_headers"])
+
+        again = run_cli("audit", "--headers", "--json", config=config)
+        assert findings(again.stdout, "wrong-headers") == set() and findings(again.stdout, "wrong-acl") == set()
+        for key in bad["wrong_headers"]:
+            obj = inst.expected()[key]
+            _, resp = moto.get(dst, key)
+            assert resp["ContentType"] == instance.SNIFFED.get(obj.content_type, obj.content_type), key
+            assert resp["CacheControl"] == MASTODON_CC, key
+        for key in bad["wrong_acl"]:
+            assert moto.public_read(dst, key) == (not inst.expected()[key].private), key
+    finally:
+        proxy.stop()
+
+
+async def test_verify_checksum_catches_same_size_other_bytes(tmp_path: Path, mastodon_db: MastodonDb,
+                                                            moto: S3Server) -> None:
+    inst = instance.build(mastodon_db.shape, video_size=100_000)
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    await instance.seed(inst, mastodon_db, moto, src)
+    config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                          destination_endpoint=moto.endpoint.replace("127.0.0.1", "localhost"))
+    assert run_cli("run", "--all", config=config).returncode == 0
+    key, obj = next((k, o) for k, o in sorted(inst.expected().items()) if o.size > 100)
+    moto.put(dst, key, bytes(reversed(obj.data)), obj.content_type)  # the same size, other bytes
+    plain = run_cli("verify", "--all", config=config)
+    assert plain.returncode == 0  # sizes alone cannot tell
+    checked = run_cli("verify", "--all", "--checksum", config=config)
+    assert checked.returncode == 1 and key in checked.stdout and "other content" in checked.stdout
+    assert "by equal MD5 ETags" in checked.stdout
