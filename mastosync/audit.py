@@ -32,7 +32,7 @@ from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
 from mastosync.plan import Job, learn_sizes_of
 from mastosync.progress import Display
 from mastosync.request import Request, report_label
-from mastosync.state import Report, TypeProgress
+from mastosync.state import Report, ResumeState, TypeProgress
 from mastosync.storage import Store, sniff
 from mastosync.storage.base import Head, StorageError
 from mastosync.storage.folders import MASTODON_CACHE_CONTROL, MODE_KEY
@@ -106,14 +106,16 @@ class AuditStep:
     async def __call__(self, job: Job, report: Report, out: Any) -> None:
         obj, tally = job.obj, self.tallies[job.obj.type]
         tally.expected += 1
+        ok = True
         try:
             await self._check(job, tally, report, out)
         except StorageError as exc:
+            ok = False  # fix tries it again next time
             tally.errors += 1
             self._finding(report, out, job, "error", str(exc))
         job.stats.done(0, obj.estimate)
         job.stats.ok += 1
-        job.progress.finish(obj.id, True)
+        job.progress.finish(obj.id, ok)
 
     async def _check(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
         obj = job.obj
@@ -162,7 +164,9 @@ class AuditStep:
         acl_wrong = False
         if self.acl or self.folder:
             public = await self.policy.call(lambda: self.store.public_read(key))
-            should = not obj.private and (self.folder or self.acl in PUBLIC_ACLS)
+            # A folder serves what is readable: everything but hidden media (backups included).
+            should = (bool(layout.file_mode(obj) & 0o004) if self.folder
+                      else not obj.private and self.acl in PUBLIC_ACLS)
             if public != should:
                 acl_wrong = True
                 tally.wrong_acl += 1
@@ -178,7 +182,8 @@ class AuditStep:
         if repair_headers or self.folder:
             assert head is not None or self.folder
             headers = expected_headers(self.store, obj, head or Head(0), right_type)
-            await self.policy.call(lambda: self.store.replace_headers(key, headers))  # the ACL with them
+            size = head.size if head is not None else 0
+            await self.policy.call(lambda: self.store.replace_headers(key, headers, size))  # the ACL with them
         else:
             acl = "private" if obj.private else self.acl
             await self.policy.call(lambda: self.store.put_acl(key, acl))
@@ -249,7 +254,14 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
     command = "fix" if what.fixing else "audit"
     label = report_label(f"{command}-{what.side}", request.shard)
     report = Report(settings.sync.state_dir, label)
-    progress = {name: TypeProgress() for name in request.types}
+    # fix resumes where it stopped (the records it went through are not checked again); audit
+    # reads, and a fresh look is what it is for.
+    state = ResumeState(settings, None, request.shard, kind=label) if what.fixing and not what.dry_run else None
+    progress = state.load(request.types, restart=False) if state else {name: TypeProgress() for name in request.types}
+    if state is not None and any(p.done_through is not None for p in progress.values()):
+        print("mastosync: resuming an unfinished fix: "
+              + ", ".join(f"{n} after id {p.done_through}" for n, p in progress.items() if p.done_through),
+              file=sys.stderr if what.as_json else sys.stdout)
     side_settings = settings.destination if what.side == "destination" else settings.source
     async with contextlib.AsyncExitStack() as stack:
         connected = await connect(stack, settings, request, progress, write=what.fixing and not what.dry_run,
@@ -266,6 +278,8 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
 
         async def check(job: Job) -> None:
             await step(job, report, out)
+            if state is not None:
+                state.save(every=2.0)
 
         engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
                         functools.partial(learn_sizes_of, store=store), connected.hidden)
@@ -274,6 +288,9 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
                 await engine.run()
         finally:
             report.close()
+            if state is not None:
+                stopped = bool(engine.signals) or engine.fatal is not None
+                state.save(complete={n: engine.finished_types[n] and not stopped for n in request.types})
         if engine.signals:
             raise Interrupted(engine.signals[0])
         orphans: dict[str, list[int]] = {}

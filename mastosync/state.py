@@ -76,12 +76,15 @@ class TypeProgress:
 class ResumeState:
     """The resume file of one source → destination selection."""
 
-    def __init__(self, settings: Settings, since: datetime | None, shard: tuple[int, int] | None = None) -> None:
+    def __init__(self, settings: Settings, since: datetime | None, shard: tuple[int, int] | None = None,
+                 kind: str = "resume") -> None:
         # The migration (and shard), and --since: progress is comparable only within both.
+        # `kind` other than "resume" is another command's progress (fix-destination …).
         self.identity: dict[str, Any] = {**selection(settings, shard),
-                                          "since": since.isoformat() if since else None}
+                                          "since": since.isoformat() if since else None,
+                                          **({"command": kind} if kind != "resume" else {})}
         digest = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"resume-{digest}.json" if shard is None else f"resume-{digest}-shard-{shard[0]}of{shard[1]}.json"
+        name = f"{kind}-{digest}.json" if shard is None else f"{kind}-{digest}-shard-{shard[0]}of{shard[1]}.json"
         self.path = Path(settings.sync.state_dir) / name
         self.shard = shard
         self.types: dict[str, TypeProgress] = {}

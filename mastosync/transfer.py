@@ -36,12 +36,9 @@ from mastosync.outcome import Outcome, Proof, Status
 from mastosync.storage import Body, Store
 from mastosync.storage.base import Head, NotFound, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy
-from mastosync.storage.s3 import Bucket
+from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT, MAX_PARTS, Bucket
 
 MiB = 1024 * 1024
-MAX_PARTS = 10_000
-MAX_COPY_OBJECT = 5 * 1024 * MiB  # the largest CopyObject; beyond it, UploadPartCopy
-COPY_PART_MIN = 512 * MiB  # server-side parts move no bytes through us: fewer, larger requests
 # Part sizes a source's multipart upload is likely to have used: aws-sdk (Mastodon's
 # Paperclip) 5 MiB, boto3 and rclone 8 MiB, 15 MiB (S3_MULTIPART_THRESHOLD), 16 MiB.
 USUAL_PART_SIZES = (5 * MiB, 8 * MiB, 15 * MiB, 16 * MiB, 10 * MiB, 64 * MiB)

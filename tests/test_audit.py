@@ -105,3 +105,62 @@ async def test_verify_checksum_catches_same_size_other_bytes(tmp_path: Path, mas
     checked = run_cli("verify", "--all", "--checksum", config=config)
     assert checked.returncode == 1 and key in checked.stdout and "other content" in checked.stdout
     assert "by equal MD5 ETags" in checked.stdout
+
+
+async def test_fix_over_5_gib_copies_in_parts(moto: S3Server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Headers of an object over CopyObject's limit are set by a multipart copy of itself
+    (limits lowered to test it small): no byte through mastosync, the bytes intact."""
+    import os
+
+    import mastosync.storage.s3 as s3
+    from mastosync.config import DestinationSettings
+
+    monkeypatch.setattr(s3, "MAX_COPY_OBJECT", 6 * 2**20)
+    monkeypatch.setattr(s3, "COPY_PART_MIN", 5 * 2**20)
+    bucket = new_bucket(moto, "big")
+    data = os.urandom(12 * 2**20)
+    moto.put(bucket, "v.mp4", data, "binary/octet-stream", None, acl="private")
+    proxy = FaultProxy(moto.port).start()
+    try:
+        settings = DestinationSettings(bucket=bucket, endpoint=proxy.endpoint, access_key_id=moto.access_key,
+                                       secret_access_key=moto.secret_key)
+        async with s3.Bucket(settings, 4) as b:
+            await b.replace_headers("v.mp4", {"content-type": "video/mp4", "cache-control": MASTODON_CC,
+                                              "x-amz-acl": "public-read"}, len(data))
+        assert proxy.count("UploadPartCopy") == 3 and proxy.count("GetObject", "UploadPart", "PutObject") == 0
+    finally:
+        proxy.stop()
+    body, resp = moto.get(bucket, "v.mp4")
+    assert body == data and (resp["ContentType"], resp["CacheControl"]) == ("video/mp4", MASTODON_CC)
+    assert moto.public_read(bucket, "v.mp4") and moto.open_uploads(bucket) == []
+
+
+async def test_audit_and_fix_a_folder(tmp_path: Path, mastodon_db: MastodonDb) -> None:
+    """Local storage: a suspended account's file left readable by all, an orphan, a missing file."""
+    import stat
+
+    inst = instance.build(mastodon_db.shape, video_size=1000)
+    await instance.seed(inst, mastodon_db, None, "")
+    system = tmp_path / "system"
+    instance.seed_folder(inst, system)
+    hidden = next(k for k, o in sorted(inst.expected().items()) if o.private and o.type == "media_attachments")
+    (system / hidden).chmod(0o644)
+    lost = next(k for k, o in sorted(inst.expected().items()) if not o.private and o.type == "accounts")
+    (system / lost).unlink()
+    (system / "stray.txt").write_text("x")
+    config = tmp_path / "config.toml"
+    from tests.conftest import to_toml
+
+    config.write_text(to_toml({
+        "database": {"host": mastodon_db.server.host, "port": mastodon_db.server.port, "name": mastodon_db.name,
+                     "user": mastodon_db.user, "password": mastodon_db.password},
+        "source": {"bucket": "unused"}, "destination": {"kind": "filesystem", "root": str(system)},
+        "sync": {"state_dir": str(tmp_path / "state")}}))
+    audit = run_cli("audit", "--headers", "--json", config=config)
+    assert audit.returncode == 1, audit.stderr
+    assert findings(audit.stdout, "wrong-acl") == {hidden}
+    assert findings(audit.stdout, "missing") == {lost} | set(inst.expected(present=False))
+    listed = Path(re.search(r"listed in (\S+\.jsonl)", audit.stderr).group(1))  # type: ignore[union-attr]
+    assert {json.loads(line)["key"] for line in listed.read_text().splitlines()} == {*inst.orphans, "stray.txt"}
+    fixed = run_cli("fix", "--acl", config=config)
+    assert fixed.returncode == 1 and stat.S_IMODE((system / hidden).stat().st_mode) == 0o600

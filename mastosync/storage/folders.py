@@ -204,7 +204,7 @@ class FolderStore:
     async def put_acl(self, key: str, acl: str) -> None:
         await self.files.chmod(key, 0o600 if acl == "private" else 0o644)
 
-    async def replace_headers(self, key: str, headers: dict[str, str]) -> None:
+    async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None:
         mode = headers.get(MODE_KEY)
         if mode is not None:  # a file has no headers; its mode is what stands for an ACL
             await self.files.chmod(key, int(mode, 8))

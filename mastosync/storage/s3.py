@@ -96,6 +96,10 @@ USER_AGENT = f"mastosync/{__version__}"
 CREDENTIALS_REFRESH_SECONDS = 60.0
 ABORT_RETRIES = RetryPolicy(retries=3, base=0.2, cap=2.0)  # an upload left open is billed: try a little
 RETRIES = RetryPolicy(retries=8)  # a listing page, asked again from the same token
+MiB = 1024 * 1024
+MAX_PARTS = 10_000
+MAX_COPY_OBJECT = 5 * 1024 * MiB  # the largest CopyObject; beyond it, UploadPartCopy
+COPY_PART_MIN = 512 * MiB  # server-side parts move no bytes through us: fewer, larger requests
 
 
 def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
@@ -667,11 +671,24 @@ class Bucket:
     async def put_acl(self, key: str, acl: str) -> None:
         await self._send("PUT", key, f"PutObjectAcl {key}", {"acl": ""}, {"x-amz-acl": acl})
 
-    async def replace_headers(self, key: str, headers: dict[str, str]) -> None:
-        """The object's headers (and ACL) set in place: CopyObject onto itself, REPLACE."""
-        await self._xml("PUT", key, f"COPY {key} onto itself", {},
-                        {**headers, "x-amz-copy-source": self._copy_source(self, key),
-                         "x-amz-metadata-directive": "REPLACE"})
+    async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None:
+        """The object's headers (and ACL) set in place: CopyObject onto itself, REPLACE; over
+        CopyObject's 5 GiB, a multipart upload of itself by UploadPartCopy (no byte through us)."""
+        if size <= MAX_COPY_OBJECT:
+            await self._xml("PUT", key, f"COPY {key} onto itself", {},
+                            {**headers, "x-amz-copy-source": self._copy_source(self, key),
+                             "x-amz-metadata-directive": "REPLACE"})
+            return
+        part = max(COPY_PART_MIN, -(-size // MAX_PARTS))
+        upload_id = await self.start_multipart(key, headers)
+        try:
+            etags = [await RETRIES.call(functools.partial(self.copy_part, self, key, key, upload_id, number, first,
+                                                          min(first + part, size) - 1))
+                     for number, first in enumerate(range(0, size, part), start=1)]
+            await self.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            await asyncio.shield(self.abort_multipart(key, upload_id))
+            raise
 
     async def _abort_once(self, key: str, upload_id: str) -> None:
         try:
