@@ -155,7 +155,10 @@ async def test_gives_up_after_bounded_retries(moto: S3Server) -> None:
             proxy.set_faults(slowdown=1.0)
             c.policy = dataclasses.replace(c.policy, throttle_patience=0.0)
             throttled = await c.copy("a.png", "a.png")
-            assert throttled.status == Status.FAILED and throttled.attempts == 4 * 3 + 8 + 1
+            # Out of patience, it gives up, having been given more tries than an erroring object
+            # (the throttle budget is larger), yet a bounded number.
+            assert throttled.status == Status.FAILED and "gave up" in (throttled.error or "")
+            assert outcome.attempts < throttled.attempts < 100
     finally:
         proxy.stop()
 
