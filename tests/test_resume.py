@@ -38,7 +38,7 @@ async def seed_many(db: MastodonDb, s3: S3Server, bucket: str, rows: int, large:
     return objects
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130)])  # SIGTERM: the reliability stop test
 async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server,
                                      signum: int, code: int) -> None:
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")

@@ -221,7 +221,7 @@ def test_memory_stays_bounded_with_eight_large_copies(moto: S3Server) -> None:
 
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
     for i in range(8):
-        moto.put(src, f"big-{i}", body(f"big-{i}", 40 * MiB, "video/mp4"), "video/mp4")
+        moto.put(src, f"big-{i}", body(f"big-{i}", 24 * MiB, "video/mp4"), "video/mp4")
     root = str(Path(__file__).resolve().parents[1])
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, root, str(moto.port), src, dst],
                          capture_output=True, text=True, timeout=300)
@@ -229,7 +229,7 @@ def test_memory_stays_bounded_with_eight_large_copies(moto: S3Server) -> None:
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["statuses"] == [Status.COPIED] * 8
     growth_mib = (probe["after_kib"] - probe["before_kib"]) / 1024
-    print(f"peak RSS growth copying 8 x 40 MiB concurrently: {growth_mib:.1f} MiB")
+    print(f"peak RSS growth copying 8 x 24 MiB concurrently: {growth_mib:.1f} MiB")
     assert growth_mib < 8 * 2 * 8 + 32  # 8 copies x 2 parts x 8 MiB, plus a fixed overhead
 
 
