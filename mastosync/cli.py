@@ -151,19 +151,21 @@ def chosen_types(types: tuple[str, ...], all_types: bool) -> tuple[str, ...]:
 @click.version_option(__version__, prog_name="mastosync")
 @config_option
 def cli(config_path: str | None) -> None:
-    """Copy a Mastodon instance's media from one S3-compatible bucket to another.
+    """Copy a Mastodon instance's media between S3-compatible buckets and local folders.
 
     mastosync reads the instance's PostgreSQL database, works out the exact object
     keys Mastodon wrote for every record, and copies those objects: orphans stay
     behind, headers and ACLs come along, interrupted runs resume, and `verify`
-    proves the destination is complete.
+    proves the destination is complete. Either side may be a bucket, a folder here
+    (Mastodon's public/system) or a folder on the SSH host (kind = "filesystem"/"sftp").
 
     The usual migration: `dry-run` to check, `run --all` while the instance keeps
-    running, switch Mastodon to the new bucket, `run --all --since <start of the
-    first run>` to catch up, then `verify --all`.
+    running, switch Mastodon over (`cutover` says how), `run --all --since last` to
+    catch up, then `verify --all`. Already migrated with another tool: `audit`, `fix`.
 
-    Exit codes: 0 success; 1 objects failed to copy (or verify found gaps);
-    2 bad usage, bad configuration or an unreachable service; 130 Ctrl-C; 143 SIGTERM.
+    Exit codes: 0 success; 1 objects failed to copy, verify or audit found gaps, an
+    endpoint went down or a disk filled up; 2 bad usage, bad configuration or an
+    unreachable service; 130 Ctrl-C; 143 SIGTERM.
     """
 
 
