@@ -75,9 +75,7 @@ class Tally:
     wrong_acl: int = 0
     fixed: int = 0
     errors: int = 0
-    orphans: int = 0
-    orphan_bytes: int = 0
-    headers_checked: int = 0
+    headers_checked: int = 0  # (orphans are counted by find_orphans, per page, not per record)
 
 
 def expected_headers(side: Store, obj: layout.MediaObject, head: Head, content_type: str | None) -> dict[str, str]:
