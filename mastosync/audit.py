@@ -33,9 +33,10 @@ from mastosync.plan import Job, learn_sizes_of
 from mastosync.progress import Display
 from mastosync.request import Request, report_label
 from mastosync.state import Report, ResumeState, TypeProgress
+from mastosync.steps.check import head_of
 from mastosync.storage import Store, sniff
 from mastosync.storage.base import Head, StorageError
-from mastosync.storage.folders import MASTODON_CACHE_CONTROL, MODE_KEY
+from mastosync.storage.folders import MASTODON_CACHE_CONTROL
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES
 from mastosync.transfer import ABSENT
@@ -80,13 +81,11 @@ class Tally:
 
 def expected_headers(side: Store, obj: layout.MediaObject, head: Head, content_type: str | None) -> dict[str, str]:
     """The headers Mastodon would have written for this object: the stored ones, with the
-    Content-Type, Cache-Control and ACL set right (for a folder, its mode)."""
-    if hasattr(side, "files"):  # a folder: only the mode means anything
-        return {MODE_KEY: oct(layout.file_mode(obj))}
+    Content-Type, Cache-Control and ACL set right (a folder takes only the mode from them)."""
     fixed = Head(head.size, head.etag, content_type,
                  head.cache_control if head.cache_control in GOOD_CACHE_CONTROL else MASTODON_CACHE_CONTROL,
                  head.metadata)
-    return side.headers_for(fixed, obj.private)
+    return side.headers_for(fixed, obj.private, layout.file_mode(obj))
 
 
 def acceptable_types(obj: layout.MediaObject) -> set[str]:
@@ -99,7 +98,7 @@ class AuditStep:
     def __init__(self, settings: Settings, store: Store, audit: Audit, acl: str, policy: RetryPolicy) -> None:
         self.settings, self.store, self.audit, self.acl, self.policy = settings, store, audit, acl, policy
         self.tallies: dict[str, Tally] = collections.defaultdict(Tally)
-        self.folder = hasattr(store, "files")
+        self.folder = not store.keeps_metadata
 
     async def __call__(self, job: Job, report: Report, out: Any) -> None:
         obj, tally = job.obj, self.tallies[job.obj.type]
@@ -117,10 +116,9 @@ class AuditStep:
 
     async def _check(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
         obj = job.obj
-        known = job.known.destination_size if job.known else None
-        size = known if known is not None else await self._size(job.destination_key)
+        size = await self._size(job)
         if size == ABSENT and job.fallback is not None:
-            other = await self._size(job.fallback.destination_key)
+            other = await self._size(job.fallback)
             if other != ABSENT:
                 job, size = job.fallback, other
         if size == ABSENT:
@@ -138,8 +136,9 @@ class AuditStep:
         tally.headers_checked += 1
         await self._headers(job, tally, report, out)
 
-    async def _size(self, key: str) -> int:
-        head = await self.policy.call(lambda: self.store.head(key))
+    async def _size(self, job: Job) -> int:
+        listed = job.known.destination_size if job.known else None
+        head = await head_of(self.store, job.destination_key, listed, self.policy)
         return ABSENT if head is None else head.size
 
     async def _headers(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
@@ -210,7 +209,6 @@ async def find_orphans(db: records.Database, store: Store, settings: Settings, p
     count and bytes per type ("other" for keys no record could own) and the keys listed."""
     found: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     listed = 0
-    queries: dict[str, records.Query | None] = {}
     with path.open("w", encoding="utf-8") as out:
         async for page in store.list_pages(prefix):
             listed += len(page)
@@ -225,7 +223,6 @@ async def find_orphans(db: records.Database, store: Store, settings: Settings, p
                 query = await records.query_for(db, object_type, records.Filters(ids=tuple(sorted(ids))))
                 if query is None:
                     continue
-                queries[name] = query
                 async for row in records.stream(db, query):
                     for obj in layout.objects_of(object_type, row, None, hidden):
                         wanted.add(layout.full_key(store.key_prefix, obj.key))
@@ -260,7 +257,6 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         print("mastosync: resuming an unfinished fix: "
               + ", ".join(f"{n} after id {p.done_through}" for n, p in progress.items() if p.done_through),
               file=sys.stderr if what.as_json else sys.stdout)
-    side_settings = settings.destination if what.side == "destination" else settings.source
     async with contextlib.AsyncExitStack() as stack:
         connected = await connect(stack, settings, request, progress, write=what.fixing and not what.dry_run,
                                   only=what.side)
@@ -268,9 +264,7 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         stats = connected.stats
         display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
                           out=sys.stderr if what.as_json else sys.stdout)
-        acl = getattr(side_settings, "acl", "") or ""
-        if what.side == "source" and not side_settings.is_folder:
-            acl = settings.destination.acl  # Mastodon's S3_PERMISSION: the same on the old bucket
+        acl = settings.destination.acl  # Mastodon's S3_PERMISSION: the same for the old bucket
         step = AuditStep(settings, store, what, acl, RetryPolicy(retries=settings.sync.retries))
         out = sys.stdout if what.as_json else None
 

@@ -273,7 +273,7 @@ class Copier:
     def _weakest(self) -> Proof:
         """The proof of a copy whose source has no MD5 to compare: the destination's check of
         our Content-MD5 (a bucket), or none at all (a folder)."""
-        return Proof.TRANSFER if self.destination.checks_content_md5 else Proof.WRITTEN
+        return Proof.TRANSFER if self.destination.keeps_metadata else Proof.WRITTEN
 
     @functools.cached_property
     def _in_place(self) -> RetryPolicy:

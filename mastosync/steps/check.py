@@ -107,9 +107,13 @@ class CheckStep:
 
     async def _heads(self, job: Job) -> tuple[Head | None, Head | None]:
         known = job.known or Known()
-        source_key, destination_key = job.source_key, job.destination_key
-        src = (Head(known.source_size) if known.source_size not in (None, ABSENT)
-               else await self.policy.call(lambda: self.source.head(source_key)))
-        dst = (Head(known.destination_size) if known.destination_size not in (None, ABSENT)
-               else await self.policy.call(lambda: self.destination.head(destination_key)))
-        return src, dst
+        return (await head_of(self.source, job.source_key, known.source_size, self.policy),
+                await head_of(self.destination, job.destination_key, known.destination_size, self.policy))
+
+
+async def head_of(store: Store, key: str, listed: int | None, policy: RetryPolicy) -> Head | None:
+    """The listed size, which saves a HEAD; else (not listed, or absent from the listing:
+    asked again before it is reported) a HEAD."""
+    if listed is not None and listed != ABSENT:
+        return Head(listed)
+    return await policy.call(lambda: store.head(key))

@@ -25,6 +25,8 @@ class Copied:
 class CopyStep:
     def __init__(self, copier: Copier) -> None:
         self.copier = copier
+        # A bucket tells each object's Content-Type; only a file needs the row's as a fallback.
+        self.type_hints = not copier.source.keeps_metadata
 
     async def __call__(self, job: Job) -> Copied:
         try:
@@ -43,7 +45,7 @@ class CopyStep:
 
     async def _copy(self, job: Job) -> Outcome:
         obj = job.obj
-        how = WriteAs(obj.private, layout.likely_content_type(obj), layout.file_mode(obj))
+        how = WriteAs(obj.private, layout.likely_content_type(obj) if self.type_hints else None, layout.file_mode(obj))
         try:
             return await self.copier.copy(job.source_key, job.destination_key, job.known, how=how)
         except StorageError as exc:  # classified but escaped the copier: the object failed, not the run

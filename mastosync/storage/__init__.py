@@ -32,7 +32,7 @@ class Body(Protocol):
 class Store(Protocol):
     label: str
     key_prefix: str
-    checks_content_md5: bool
+    keeps_metadata: bool  # headers, ETags, Content-MD5 checks: a bucket; a folder keeps bytes only
     on_upload_started: Any
     on_upload_ended: Any
 

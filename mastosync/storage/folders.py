@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -119,13 +119,15 @@ class FolderStore:
     """A folder as the copier's source or destination. Use as an async context manager."""
 
     key_prefix = ""  # keys are paths under root (a folder has no S3_KEY_PREFIX)
-    checks_content_md5 = False  # a file system keeps no checksum to check a write against
+    # A file keeps its bytes only: no headers, no ETag, no checksum to check a write against.
+    keeps_metadata = False
 
     def __init__(self, files: Files, label: str) -> None:
         self.files = files
         self.label = label
-        self.on_upload_started: object = None
-        self.on_upload_ended: object = None
+        # As Bucket's: told (key, upload id) when a large write starts and when it ends.
+        self.on_upload_started: Callable[[str, str], None] | None = None
+        self.on_upload_ended: Callable[[str, str], None] | None = None
         self._writers: dict[str, Writer] = {}
         self._made: set[str] = set()  # folders known to exist: one mkdir per folder per run
 
@@ -224,12 +226,12 @@ class FolderStore:
         # The id is the temporary file, what an abort removes. It is recorded before the file
         # exists: a crash at any moment leaves nothing the next run does not know of.
         upload_id = self._temporary_for(key)
-        if callable(self.on_upload_started):
+        if self.on_upload_started is not None:
             self.on_upload_started(key, upload_id)
         try:
             self._writers[upload_id] = await self._open(key, extra, upload_id)
         except BaseException:
-            if callable(self.on_upload_ended):
+            if self.on_upload_ended is not None:
                 self.on_upload_ended(key, upload_id)
             raise
         return upload_id
@@ -242,7 +244,7 @@ class FolderStore:
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
         await self._writers[upload_id].commit()
         del self._writers[upload_id]
-        if callable(self.on_upload_ended):
+        if self.on_upload_ended is not None:
             self.on_upload_ended(key, upload_id)
 
     async def abort_multipart(self, key: str, upload_id: str) -> bool:
@@ -255,7 +257,7 @@ class FolderStore:
                 await self.files.remove(upload_id)
             except NotFound:
                 pass
-        if callable(self.on_upload_ended):
+        if self.on_upload_ended is not None:
             self.on_upload_ended(key, upload_id)
         return True
 

@@ -219,7 +219,8 @@ class CredentialsExpired(BucketError):
 class Bucket:
     """A bucket on an endpoint. Use as an async context manager: the connections live for the run."""
 
-    checks_content_md5 = True  # every PUT and part carries one; the server refuses damaged bodies
+    # Headers and an ETag with every object; every PUT and part carries a Content-MD5 the server checks.
+    keeps_metadata = True
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
                  label: str = "bucket") -> None:
@@ -658,7 +659,6 @@ class Bucket:
             token = page.findtext("NextContinuationToken")
             if (page.findtext("IsTruncated") or "").lower() != "true" or not token:
                 return
-            query = {k: v for k, v in query.items() if k != "start-after"}
             query["continuation-token"] = token
 
     async def public_read(self, key: str) -> bool:
