@@ -283,6 +283,8 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
             if state is not None:
                 stopped = bool(engine.signals) or engine.fatal is not None
                 state.save(complete={n: engine.finished_types[n] and not stopped for n in request.types})
+        if engine.fatal is not None:
+            raise engine.fatal
         if engine.signals:
             raise Interrupted(engine.signals[0])
         orphans: dict[str, list[int]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mastosync import __version__, config, layout
-from mastosync.errors import MastosyncError
+from mastosync.errors import InternalError, MastosyncError
 from mastosync.redact import redact
 
 TYPE_HELP = (
@@ -464,11 +464,17 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+# Where a defect's traceback is written: the state directory once the configuration is read.
+_crash_dir: str | None = None
+
+
 def _load(config_path: str | None) -> config.Settings:
+    global _crash_dir
     # `mastosync --config PATH run` as well as `mastosync run --config PATH` (the latter wins).
     if config_path is None:
         config_path = click.get_current_context().find_root().params.get("config_path")
     settings = config.load(config.config_path(config_path))
+    _crash_dir = settings.sync.state_dir
     redact.add(settings.secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("mastosync: %(levelname)s: %(message)s"))
@@ -495,9 +501,37 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except MastosyncError as exc:
+        if isinstance(exc, InternalError) and exc.log_path is None:
+            exc.log_path = write_traceback(exc)
         click.echo(redact(f"mastosync: error: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("mastosync: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a defect outside the engine: one line, the traceback in a file, 70
+        internal = InternalError(exc)
+        internal.log_path = write_traceback(internal)
+        click.echo(redact(f"mastosync: error: {internal}"), err=True)
+        sys.exit(internal.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def write_traceback(error: InternalError) -> str | None:
+    """The traceback of a defect, redacted, in a file under the state directory (else the
+    temporary folder); its path, or None when no file could be written."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for folder in (_crash_dir, tempfile.gettempdir()):
+        if folder is None:
+            continue
+        try:
+            path = Path(folder).resolve() / f"crash-{stamp}-{os.getpid()}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(redact(error.traceback))
+            return str(path)
+        except OSError:
+            continue
+    return None

@@ -16,6 +16,8 @@ message on one line and exits with its code. Nothing else escapes as a traceback
     ├── EndpointDown                  exit 1: a bucket's endpoint stopped answering mid-run
     ├── DiskFull                      exit 1: a folder destination's filesystem filled up mid-run
     ├── VerifyGaps                    exit 1: verify found objects absent or different
+    ├── SourceMisconfigured           exit 1: (nearly) nothing referenced is at the source
+    ├── InternalError                 exit 70: a defect; traceback in a file, progress saved
     └── Interrupted                   exit 130 (SIGINT) or 143 (SIGTERM); progress saved
 
 Messages never contain secrets: callers build them from key names and hosts, never
@@ -93,6 +95,34 @@ class VerifyGaps(MastosyncError):
     """The destination lacks objects the source has, or holds them with another size."""
 
     exit_code = 1
+
+
+class SourceMisconfigured(MastosyncError):
+    """Nearly every object the database references is absent at the source: the source
+    setting (key_prefix, root, bucket) points at the wrong place, not a few lost files."""
+
+    exit_code = 1
+
+
+class InternalError(MastosyncError):
+    """An exception nobody foresaw: a defect in mastosync. The run stops as after Ctrl-C
+    (progress saved), the traceback goes to a file, and the exit code (70, EX_SOFTWARE)
+    tells a wrapper script that this is neither a failed object nor a bad setting."""
+
+    exit_code = 70
+
+    def __init__(self, error: BaseException) -> None:
+        import traceback
+
+        self.error = error
+        self.traceback = "".join(traceback.format_exception(error))
+        self.log_path: str | None = None  # where the traceback was written, once it was
+        super().__init__(f"internal error (a defect in mastosync, please report it): "
+                         f"{type(error).__name__}: {error}")
+
+    def __str__(self) -> str:
+        where = f"; the traceback is in {self.log_path}" if self.log_path else ""
+        return super().__str__() + where + "; progress saved"
 
 
 class Interrupted(MastosyncError):

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from mastosync import cutover, layout
 from mastosync.config import Settings, SyncSettings, format_size
 from mastosync.connect import connect
-from mastosync.errors import Interrupted, ObjectsFailed, UsageError, VerifyGaps
+from mastosync.errors import InternalError, Interrupted, ObjectsFailed, UsageError, VerifyGaps
 from mastosync.observers import CopyBook, VerifyBook
 from mastosync.plan import Job
 from mastosync.progress import Display, Stats, summary_json, total_of
@@ -131,6 +131,8 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             summary = {"command": "run", "started": started.isoformat(), "complete": complete,
                        "report": str(report.path), **summary_json(list(stats.values()))}
             if events is not None:
+                if isinstance(engine.fatal, InternalError):
+                    events.event("internal-error", error=str(engine.fatal.error), traceback=engine.fatal.traceback)
                 events.event("summary", **summary)
             if request.as_json:
                 sys.stdout.write(json.dumps(summary) + "\n")
@@ -195,6 +197,8 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
             display.message(f"content compared: {proofs['etag']} by equal MD5 ETags, {proofs['downloaded']} "
                             f"downloaded from both sides and hashed ({sample:g}% sample of the rest), "
                             f"{proofs['size']} by size only")
+    if engine.fatal is not None:
+        raise engine.fatal
     if engine.signals:
         raise Interrupted(engine.signals[0])
     gaps = sum(s.absent + s.different + s.failed for s in stats.values())

@@ -42,6 +42,19 @@ class TypeProgress:
     earlier: dict[str, int] = field(default_factory=dict)  # counters of the earlier runs being resumed
     _open: OrderedDict[int, list[Any]] = field(default_factory=OrderedDict)  # id → [left, failed]
 
+    _seen: set[int] = field(default_factory=set)  # ids of `retrying` the retry query returned
+
+    def retrying_seen(self, record_id: int) -> None:
+        if record_id in self.retrying:
+            self._seen.add(record_id)
+
+    def forget_unseen_retries(self) -> None:
+        """Failed records the retry query did not return no longer exist (or have no file):
+        done, so that the type can finish."""
+        gone = self.retrying - self._seen
+        self.failed_ids -= gone
+        self.retrying -= gone
+
     def begin(self, record_id: int, objects: int) -> None:
         """A record was read and expanded into `objects` objects (possibly none)."""
         self._open[record_id] = [objects, False]

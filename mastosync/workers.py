@@ -5,7 +5,8 @@ few batches ahead; a bounded queue feeds a fixed set of workers that run the com
 step on each job. Bounded queues keep memory flat however large the tables are.
 SIGINT/SIGTERM stop the intake; the copies in flight get the grace period (a second
 signal ends it), and a MastosyncError from a step (an endpoint down, a full disk)
-stops the run the same way, then is raised."""
+stops the run the same way, then is raised. Any other exception is a defect: it stops
+the run the same way as an InternalError (exit 70), never swallowed with its worker."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from mastosync import layout, records
 from mastosync.config import Settings
-from mastosync.errors import MastosyncError
+from mastosync.errors import InternalError, MastosyncError
 from mastosync.plan import BATCH_OBJECTS, LOOKAHEAD, Action, Annotate, Job, jobs_for
 from mastosync.progress import Display, Stats
 from mastosync.request import Request
@@ -119,6 +120,10 @@ class Engine:
     async def _produce(self) -> None:
         try:
             await self._produce_all()
+        except MastosyncError:
+            raise
+        except Exception as exc:  # a defect: told as one, never as a database or storage error
+            raise InternalError(exc) from exc
         finally:
             for _, task in self._ahead:
                 if task is not None:
@@ -131,14 +136,15 @@ class Engine:
             object_type = layout.TYPES[name]
             progress, stats = self.progress[name], self.stats[name]
             stats.started = time.monotonic()  # rates per type count from its first record
-            for query, after_id in ((self.retry_queries.get(name), None),
-                                    (self.queries.get(name), progress.done_through)):
+            for retrying, query, after_id in ((True, self.retry_queries.get(name), None),
+                                              (False, self.queries.get(name), progress.done_through)):
                 if query is None:
                     continue
                 batch: list[Job] = []
                 async for row in records.stream(self.db, query, after_id=after_id, prefetch=self.batch):
                     if self.stop.is_set():
                         return
+                    progress.retrying_seen(row["id"])
                     objects = layout.objects_of(object_type, row, since, self.hidden)
                     stats.records += 1
                     progress.begin(row["id"], len(objects))
@@ -149,6 +155,10 @@ class Engine:
                         batch = []
                 await self._hand_out(batch)
                 await self._hand_out([])  # the batches still being listed
+                if retrying:
+                    # A failed record the retry query no longer returns was deleted (or lost its
+                    # files) since: nothing is left to copy, so it is done, not failed for ever.
+                    progress.forget_unseen_retries()
             self.finished_types[name] = True
 
     async def _hand_out(self, batch: list[Job]) -> None:
@@ -174,10 +184,18 @@ class Engine:
                 await self.action(job)
             except MastosyncError as exc:
                 # An error that ends the run (not the object): stop as after Ctrl-C, then raise it.
-                if self.fatal is None:
-                    self.fatal = exc
-                    self.stop.set()
+                self._fail(exc)
                 return
+            except Exception as exc:
+                # A defect. Were it left to kill this worker alone, the run would "complete" with
+                # the job's record never finished, or hang once every worker had died.
+                self._fail(InternalError(exc))
+                return
+
+    def _fail(self, error: MastosyncError) -> None:
+        if self.fatal is None:
+            self.fatal = error
+        self.stop.set()
 
 
 
