@@ -192,6 +192,9 @@ def cli(config_path: str | None) -> None:
               "progress tick and the summary (follow it with `tail -f PATH | jq`).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the final summary as one JSON object on stdout (progress and table go to stderr).")
+@click.option("--checksum", is_flag=True,
+              help="Skip an object already at the destination only when its content is the same (equal MD5 "
+              "ETags), not merely its size; copy it again otherwise. Costs a HEAD on both sides per object.")
 def run(
     config_path: str | None,
     types: tuple[str, ...],
@@ -203,11 +206,15 @@ def run(
     restart: bool,
     log_file: str | None,
     as_json: bool,
+    checksum: bool,
 ) -> None:
     """Copy every object the database references to the destination bucket.
 
     Objects already at the destination with the same size are skipped without moving
-    data. Progress is saved as it goes; Ctrl-C stops cleanly and the next run resumes.
+    data; one that differs and is newer at the destination (Mastodon wrote it after the
+    switch) is kept. Progress is saved as it goes; Ctrl-C stops cleanly and the next run
+    resumes. Every run also sets again the visibility (ACL, or file mode) of media whose
+    account was suspended or unsuspended, or whose post was removed, since the last run.
     A report of failed and missing objects is written under sync.state_dir.
     """
     from mastosync import pipeline
@@ -225,6 +232,7 @@ def run(
             shard=shard,
             log_file=log_file,
             as_json=as_json,
+            checksum=checksum,
         ),
     )
 

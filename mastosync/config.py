@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mastosync.errors import ConfigError
 
@@ -110,6 +111,10 @@ class BucketSettings:
 class DestinationSettings(BucketSettings):
     acl: str = _opt("public-read", choices=ACLS)
     storage_class: str = _opt("")
+    # The public base URL of the new bucket when it is not the endpoint: a CDN, or the custom
+    # or public domain of an R2 bucket (whose S3 API host serves nothing publicly). Becomes
+    # S3_ALIAS_HOST in the cut-over settings.
+    public_url: str = _opt("")
     # A folder destination's files are given to this user (and group): "mastodon",
     # "mastodon:www-data" or "991:991". Needs root (locally, or as the SSH user).
     owner: str = _opt("")
@@ -129,6 +134,9 @@ class SyncSettings:
     grace_period: float = _opt(10.0, min=0, max=3600)
     progress_interval: float = _opt(5.0, min=0.1, max=3600)
     db_batch: int = _opt(2000, min=10, max=100_000)
+    # `run --since last` starts this long before the baseline run: Paperclip writes an object
+    # before its row's transaction commits, so a row may appear later than its file.
+    since_margin: float = _opt(300.0, parse="duration", min=0, max=7 * 86400)
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,18 @@ def parse_size(text: str) -> int:
     if not match or (match.group(2) or "").lower() not in _UNITS:
         raise ValueError(text)
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'5m' → 300.0; '1h' → 3600.0; '90' (seconds) → 90.0. ValueError when unreadable."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
 
 
 def format_size(n: float) -> str:
@@ -316,6 +336,15 @@ def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) 
             except ValueError:
                 pass
         raise ConfigError(where, f"expected a size such as \"8MiB\" or a number of bytes, got {shown}")
+    if meta.get("parse") == "duration":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected a duration such as \"5m\", \"1h\" or a number of seconds, got {shown}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -336,7 +365,7 @@ def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) 
 def _from_env(where: str, text: str, kind: type, meta: typing.Mapping[str, Any]) -> Any:
     """An environment string → the field's type, with the same errors as the file."""
     env_where = f"{where} (from the environment)"
-    if meta.get("parse") == "size" or kind is str:
+    if meta.get("parse") in ("size", "duration") or kind is str:
         return _coerce(env_where, text, kind, meta)
     if kind is bool:
         lowered = text.strip().lower()
@@ -368,8 +397,6 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
 def _place(side: BucketSettings) -> tuple[str, str, str]:
     """Where a side's objects are: the endpoint (normalised; AWS's by region), bucket, key prefix;
     for a folder, its kind and root."""
-    from urllib.parse import urlsplit
-
     if side.is_folder:
         return (side.kind, side.root.rstrip("/") or "/", "")
     if not side.endpoint:
@@ -391,10 +418,19 @@ def _check_together(settings: Settings) -> None:
             raise ConfigError(
                 f"{name}.endpoint", "expected a URL such as https://s3.example.com"
             )
+        if side.endpoint and "@" in urlsplit(side.endpoint).netloc:
+            # Never echoed: what stands before the @ is a key and a secret.
+            raise ConfigError(f"{name}.endpoint", "holds credentials (user:secret@host); give the endpoint "
+                                                  f"without them, and the keys as {name}.access_key_id and "
+                                                  f"{name}.secret_access_key (or {_env_name(name, 'secret_access_key')})")
         if not side.bucket:
             raise ConfigError(f"{name}.bucket", "required for kind = \"s3\" (or set kind and root for a folder)")
         if side.root:
             raise ConfigError(f"{name}.root", f"applies to kind = \"filesystem\" or \"sftp\", not {side.kind!r}")
+    public_url = settings.destination.public_url
+    if public_url and not re.match(r"^https?://[^/\s@]+", public_url, re.IGNORECASE):
+        raise ConfigError("destination.public_url", "expected the public base URL of the new bucket, such as "
+                                                    "https://media.example.org (a CDN or the bucket's public domain)")
     if settings.destination.owner and not settings.destination.is_folder:
         raise ConfigError("destination.owner", "applies to a folder destination (kind = \"filesystem\" or "
                                                "\"sftp\"); in a bucket, access is the ACL's business")

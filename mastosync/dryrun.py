@@ -23,7 +23,7 @@ def dry_run(settings: Settings, request: Request, output_format: str = "text", o
         raise UsageError("--format s3-batch-csv lists a bucket's objects for S3 Batch Operations; the source is "
                          "a folder (--format rclone gives the paths under its root)")
     try:
-        asyncio.run(_dry_run(settings, resolve_since(settings, request), output_format, out))
+        asyncio.run(_dry_run(settings, resolve_since(settings, request, sys.stderr), output_format, out))
         out.flush()
     except BrokenPipeError:  # `mastosync dry-run | head` is fine
         with contextlib.suppress(Exception):

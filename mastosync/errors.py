@@ -16,7 +16,7 @@ message on one line and exits with its code. Nothing else escapes as a traceback
     ├── EndpointDown                  exit 1: a bucket's endpoint stopped answering mid-run
     ├── DiskFull                      exit 1: a folder destination's filesystem filled up mid-run
     ├── VerifyGaps                    exit 1: verify found objects absent or different
-    ├── SourceMisconfigured           exit 1: (nearly) nothing referenced is at the source
+    ├── SourceMisconfigured           (nearly) nothing referenced is at the source: a wrong setting
     ├── InternalError                 exit 70: a defect; traceback in a file, progress saved
     └── Interrupted                   exit 130 (SIGINT) or 143 (SIGTERM); progress saved
 
@@ -100,8 +100,6 @@ class VerifyGaps(MastosyncError):
 class SourceMisconfigured(MastosyncError):
     """Nearly every object the database references is absent at the source: the source
     setting (key_prefix, root, bucket) points at the wrong place, not a few lost files."""
-
-    exit_code = 1
 
 
 class InternalError(MastosyncError):

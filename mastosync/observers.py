@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from mastosync.outcome import Proof, Status
 from mastosync.plan import Job
 from mastosync.progress import Display
+from mastosync.sanity import SourceWatch
 from mastosync.state import Report, ResumeState
 from mastosync.steps.check import Finding
 from mastosync.steps.copy import Copied
@@ -28,12 +29,18 @@ def report_entry(job: Job, status: str, reason: str | None, attempts: int) -> di
 
 class CopyBook:
     """run: counters per type, failures and missing objects (and notes) in the report,
-    finished records in the resume state."""
+    finished records in the resume state; what the source holds watched for a wrong setting."""
 
-    def __init__(self, report: Report, state: ResumeState) -> None:
-        self.report, self.state = report, state
+    def __init__(self, report: Report, state: ResumeState, watch: SourceWatch | None = None) -> None:
+        self.report, self.state, self.watch = report, state, watch
 
     def record(self, copied: Copied) -> None:
+        self.book(copied)
+        status = copied.outcome.status
+        if self.watch is not None and status != Status.FAILED:
+            self.watch.saw(copied.job.obj.type, copied.job.source_key, status != Status.MISSING)
+
+    def book(self, copied: Copied) -> None:
         job, outcome = copied.job, copied.outcome
         s = job.stats
         s.retries += outcome.retries
@@ -47,6 +54,10 @@ class CopyBook:
                 self.report.write(report_entry(job, outcome.status, outcome.note, outcome.attempts))
         elif outcome.status == Status.SKIPPED:
             s.skipped += 1
+            s.private += job.obj.private  # present, and written private when it was copied
+            if outcome.note:  # newer at the destination, kept
+                s.kept += 1
+                self.report.write(report_entry(job, "kept", outcome.note, outcome.attempts))
         else:
             if outcome.status == Status.MISSING:
                 s.missing += 1
@@ -61,10 +72,19 @@ class VerifyBook:
     """verify: counters per type, every finding in the report (and on stdout, as lines or
     JSON with --json)."""
 
-    def __init__(self, report: Report, display: Display, out: TextIO, as_json: bool) -> None:
+    def __init__(self, report: Report, display: Display, out: TextIO, as_json: bool,
+                 watch: SourceWatch | None = None) -> None:
         self.report, self.display, self.out, self.as_json = report, display, out, as_json
+        self.watch = watch
 
     def record(self, finding: Finding) -> None:
+        self.book(finding)
+        if self.watch is not None and finding.status != Status.ERROR:
+            # Absent at the source but at the destination: Mastodon wrote it there (after the switch).
+            at_source = finding.status != Status.MISSING or finding.destination_size is not None
+            self.watch.saw(finding.job.obj.type, finding.job.source_key, at_source)
+
+    def book(self, finding: Finding) -> None:
         job, status = finding.job, finding.status
         s = job.stats
         if status == Status.ERROR:

@@ -14,22 +14,31 @@ import asyncio
 import contextlib
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
-from mastosync import cutover, layout
+from mastosync import cutover, layout, records
 from mastosync.config import Settings, SyncSettings, format_size
-from mastosync.connect import connect
-from mastosync.errors import InternalError, Interrupted, ObjectsFailed, UsageError, VerifyGaps
+from mastosync.connect import Connected, connect
+from mastosync.errors import (
+    InternalError,
+    Interrupted,
+    ObjectsFailed,
+    SourceMisconfigured,
+    UsageError,
+    VerifyGaps,
+)
 from mastosync.observers import CopyBook, VerifyBook
 from mastosync.plan import Job
 from mastosync.progress import Display, Stats, summary_json, total_of
-from mastosync.request import Request, report_label, resolve_since
+from mastosync.request import Request, filters_for, report_label, resolve_since
+from mastosync.sanity import SourceWatch, explain
 from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, RunLock, TypeProgress
 from mastosync.steps.check import CheckStep
 from mastosync.steps.copy import CopyStep
 from mastosync.storage import Store
 from mastosync.storage.retry import RetryPolicy
 from mastosync.transfer import Copier, MemoryBudget, keep_large_buffers_mapped
+from mastosync.visibility import AppliedVisibility, Changed, owners_to_recheck, reapply
 from mastosync.workers import Engine, drive
 
 
@@ -42,7 +51,7 @@ def run(settings: Settings, request: Request) -> None:
 async def _run(settings: Settings, request: Request) -> None:
     shard = request.shard
     with RunLock(settings.sync.state_dir, "run.lock" if shard is None else f"run-shard-{shard[0]}of{shard[1]}.lock"):
-        await _run_locked(settings, resolve_since(settings, request))
+        await _run_locked(settings, resolve_since(settings, request, sys.stderr if request.as_json else None))
 
 
 def memory_budget(sync: SyncSettings) -> MemoryBudget:
@@ -51,12 +60,14 @@ def memory_budget(sync: SyncSettings) -> MemoryBudget:
     return MemoryBudget(sync.multipart_threshold + sync.part_size)
 
 
-def make_copier(settings: Settings, source: Store, destination: Store, events: EventLog | None) -> Copier:
+def make_copier(settings: Settings, source: Store, destination: Store, events: EventLog | None,
+                checksum: bool = False) -> Copier:
     sync = settings.sync
     copier = Copier(
         source, destination, multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
         policy=RetryPolicy(retries=sync.retries), budget=memory_budget(sync),
         server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
+        checksum=checksum,
     )
     if events is not None:
         copier.on_retry = lambda key, attempt, error: events.event("retry", key=key, attempt=attempt, error=error)
@@ -74,7 +85,6 @@ async def abort_left_open(state: ResumeState, destination: Store, display: Displ
 
 
 async def _run_locked(settings: Settings, request: Request) -> None:
-    started = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as Mastodon's timestamps
     state = ResumeState(settings, request.since, request.shard)
     if not request.restart and (others := state.other_partitions()):
         raise UsageError(f"{others[0]} holds an unfinished run of this migration split "
@@ -87,9 +97,13 @@ async def _run_locked(settings: Settings, request: Request) -> None:
     async with contextlib.AsyncExitStack() as stack:
         if events is not None:
             stack.callback(events.close)
+        connected = await connect(stack, settings, request, progress, write=True)
+        # The database's clock, naive UTC as Mastodon's timestamps: what --since compares with.
+        started = await records.clock(connected.db)
+        state.sequence_started = state.sequence_started or started
+        if events is not None:
             events.event("start", command="run", types=list(request.types), started=started.isoformat(),
                          since=request.since.isoformat() if request.since else None)
-        connected = await connect(stack, settings, request, progress, write=True)
         stats = connected.stats
         # With --json, stdout carries only the summary object; the rest goes to stderr.
         display = Display(list(stats.values()), settings.sync.progress_interval,
@@ -103,8 +117,12 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         if resumed:
             display.message("mastosync: resuming an unfinished run (--restart starts over): "
                             + ", ".join(f"{n} after id {i}" for n, i in resumed.items()))
-        step = CopyStep(make_copier(settings, connected.source, destination, events))
-        book = CopyBook(report, state)
+        changed = await follow_visibility(settings, request, connected)
+        if changed is not None and (changed.records or changed.failed):
+            display.message(changed.describe())
+        step = CopyStep(make_copier(settings, connected.source, destination, events, request.checksum))
+        watch = SourceWatch()
+        book = CopyBook(report, state, watch)
 
         async def copy(job: Job) -> None:
             copied = await step(job)
@@ -116,7 +134,10 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                         stats, copy, display, connected.learn_sizes(need_source=False), connected.hidden)
 
         def save_state() -> None:
-            stopped = bool(engine.signals) or engine.fatal is not None
+            if not engine.signals and engine.fatal is None:
+                check_source(engine, watch)
+            # A --limit trial finishes no type: the next run goes on after it, not over again.
+            stopped = bool(engine.signals) or engine.fatal is not None or request.limit is not None
             state.save(complete={n: engine.finished_types[n] and not stopped for n in request.types})
 
         try:
@@ -125,8 +146,11 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             complete = (not engine.signals and engine.fatal is None and all(engine.finished_types.values())
                         and not any(s.failed for s in stats.values()))
             RunHistory(settings.sync.state_dir).record(settings, request.types, started,
-                                                       datetime.now(UTC).replace(tzinfo=None), request.since,
-                                                       complete, request.shard)
+                                                       await records.clock(connected.db), request.since,
+                                                       complete, request.shard, state.sequence_started,
+                                                       request.limit)
+            if changed is not None and changed.records:
+                display.message(changed.describe())
             summarise_run(display, stats, progress, started, complete, request)
             summary = {"command": "run", "started": started.isoformat(), "complete": complete,
                        "report": str(report.path), **summary_json(list(stats.values()))}
@@ -138,6 +162,8 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                 sys.stdout.write(json.dumps(summary) + "\n")
                 sys.stdout.flush()
     total_failed = sum(s.failed for s in stats.values())
+    if isinstance(engine.fatal, SourceMisconfigured):
+        await explain(engine.fatal, watch, settings.source, connected.source)
     if engine.fatal is not None:
         raise engine.fatal
     if engine.signals:
@@ -145,6 +171,29 @@ async def _run_locked(settings: Settings, request: Request) -> None:
     if total_failed:
         raise ObjectsFailed(f"{total_failed} objects failed to copy; they are listed in {report.path} "
                             "and the next run retries them")
+
+
+def check_source(engine: Engine, watch: SourceWatch) -> None:
+    """At the end of a run or verify: a type (nearly) wholly absent at the source is a wrong
+    source setting, not a success."""
+    try:
+        watch.at_end()
+    except SourceMisconfigured as exc:
+        engine.fatal = exc
+
+
+async def follow_visibility(settings: Settings, request: Request, connected: Connected) -> Changed | None:
+    """Media whose account or post Mastodon hid or showed again since the last run: their
+    ACL (or mode) set as Mastodon has it now (visibility.py). None when no media is selected."""
+    if "media_attachments" not in request.types:
+        return None
+    applied = AppliedVisibility(settings, request.shard)
+    owners = await owners_to_recheck(connected.db, settings, request.shard, applied.load(), connected.hidden)
+    changed = await reapply(connected.db, connected.destination, settings, filters_for(settings, request), owners,
+                            connected.hidden, RetryPolicy(retries=settings.sync.retries), request.concurrency)
+    if not changed.failed:
+        applied.save(connected.hidden)
+    return changed
 
 
 def summarise_run(display: Display, stats: dict[str, Stats], progress: dict[str, TypeProgress], started: datetime,
@@ -166,7 +215,8 @@ def summarise_run(display: Display, stats: dict[str, Stats], progress: dict[str,
 
 def verify(settings: Settings, request: Request, as_json: bool, checksum: bool = False, sample: float = 0.0) -> None:
     """Check the destination against the source; raises VerifyGaps (exit 1) when it lacks anything."""
-    asyncio.run(_verify(settings, resolve_since(settings, request), as_json, checksum, sample))
+    asyncio.run(_verify(settings, resolve_since(settings, request, sys.stderr if as_json else None), as_json,
+                        checksum, sample))
 
 
 async def _verify(settings: Settings, request: Request, as_json: bool, checksum: bool = False,
@@ -179,9 +229,12 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
         # With --json, stdout carries only findings; progress and summary go to stderr.
         display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
                           out=sys.stderr if as_json else sys.stdout)
+        # A bucket sending no ACL ("") leaves visibility to its policy: nothing per object to check.
+        hides = settings.destination.is_folder or bool(settings.destination.acl)
         step = CheckStep(connected.source, connected.destination, RetryPolicy(retries=settings.sync.retries),
-                         checksum, sample)
-        book = VerifyBook(report, display, sys.stdout, as_json)
+                         checksum, sample, check_private=hides)
+        watch = SourceWatch()
+        book = VerifyBook(report, display, sys.stdout, as_json, watch)
 
         async def check(job: Job) -> None:
             finding = await step(job)
@@ -191,17 +244,36 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
 
         engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
                         connected.learn_sizes(need_source=True), connected.hidden)
-        await drive(engine, stats, display, report, "verify", "findings")
+        started = await records.clock(connected.db)
+
+        def at_end() -> None:
+            if not engine.signals and engine.fatal is None:
+                check_source(engine, watch)
+
+        await drive(engine, stats, display, report, "verify", "findings", at_end)
         if checksum:
             proofs = total_of(list(stats.values())).proofs
             display.message(f"content compared: {proofs['etag']} by equal MD5 ETags, {proofs['downloaded']} "
                             f"downloaded from both sides and hashed ({sample:g}% sample of the rest), "
                             f"{proofs['size']} by size only")
+        else:
+            display.message("compared: sizes only (verify --checksum compares content: equal MD5 ETags, "
+                            "or a sample downloaded and hashed)")
+        if hides and step.private_checked:
+            display.message(f"hidden media checked: {step.private_checked} objects Mastodon keeps private are "
+                            "not public at the destination")
+        gaps = sum(s.absent + s.different + s.failed for s in stats.values())
+        if not engine.signals:
+            RunHistory(settings.sync.state_dir).record(
+                settings, request.types, started, await records.clock(connected.db), request.since,
+                engine.fatal is None, request.shard, limit=request.limit, command="verify",
+                clean=engine.fatal is None and not gaps)
+        if isinstance(engine.fatal, SourceMisconfigured):
+            await explain(engine.fatal, watch, settings.source, connected.source)
     if engine.fatal is not None:
         raise engine.fatal
     if engine.signals:
         raise Interrupted(engine.signals[0])
-    gaps = sum(s.absent + s.different + s.failed for s in stats.values())
     if gaps:
         raise VerifyGaps(f"the destination is incomplete: {gaps} objects absent, different or unreadable; "
                          f"see {report.path}")

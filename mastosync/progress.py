@@ -41,7 +41,8 @@ class Stats:
     failed: int = 0
     bytes: int = 0
     retries: int = 0
-    private: int = 0  # copied without the public ACL (Mastodon keeps them private)
+    private: int = 0  # present without the public ACL (Mastodon keeps them private)
+    kept: int = 0  # newer at the destination and different: kept (Mastodon rewrote it after the switch)
     proofs: collections.Counter[str] = field(default_factory=collections.Counter)  # copied, by content proof
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -79,7 +80,7 @@ class Stats:
     def to_json(self) -> dict[str, Any]:
         """The counters, for --json and --log-file."""
         fields = ("records", "copied", "skipped", "missing", "failed", "ok", "absent", "different", "bytes",
-                  "retries", "private")
+                  "retries", "private", "kept")
         out: dict[str, Any] = {name: getattr(self, name) for name in fields}
         out.update(records_total=self.records_total, objects=self.objects, objects_total=self.objects_total,
                    bytes_done=self.bytes_done, bytes_expected=self.bytes_expected,
@@ -142,7 +143,7 @@ def summary_json(stats: list[Stats]) -> dict[str, Any]:
 def total_of(stats: list[Stats]) -> Stats:
     total = Stats("total")
     for s in stats:
-        for name in ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "ok",
+        for name in ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "kept", "ok",
                      "absent", "different"):
             setattr(total, name, getattr(total, name) + getattr(s, name))
     for s in stats:
@@ -335,5 +336,9 @@ class Display:
             self.message("content proven: " + ", ".join(f"{n} by {names.get(proof, proof)}"
                                                          for proof, n in total.proofs.most_common()))
         if self.mode == "copy" and private:
-            self.message(f"kept private: {private} objects copied without a public ACL (backups, imports, "
-                         "media of suspended accounts and of removed posts, as Mastodon keeps them)")
+            self.message(f"kept private: {private} objects at the destination without a public ACL (backups, "
+                         "imports, media of suspended accounts and of removed posts, as Mastodon keeps them)")
+        if self.mode == "copy" and total.kept:
+            self.message(f"newer at the destination, kept: {total.kept} objects that differ from the source's "
+                         "and were written at the destination later (by Mastodon, after the switch); listed in "
+                         "the report")

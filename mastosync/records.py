@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -58,6 +58,8 @@ class Filters:
     include_remote: bool = True  # False: local records only
     ids: tuple[int, ...] | None = None  # only these ids (retrying earlier failures)
     shard: tuple[int, int] | None = None  # (K, N): only ids with id mod N = K - 1
+    # Only media of these accounts or statuses (accounts, statuses): whose visibility changed.
+    owned_by: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
 
 EndpointFn = Callable[[], Awaitable[tuple[str, int]]]
@@ -227,9 +229,20 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     if filters.ids is not None:
         args.append(list(filters.ids))
         where.append(f"id = ANY(${len(args)}::bigint[])")
+    if filters.owned_by is not None:
+        accounts, statuses = filters.owned_by
+        owners = []
+        for column, ids in (("account_id", accounts), ("status_id", statuses)):
+            if ids and column in columns:
+                args.append(list(ids))
+                owners.append(f"{column} = ANY(${len(args)}::bigint[])")
+        if not owners:
+            return None
+        where.append(" OR ".join(owners))
     if filters.shard is not None:
-        # id mod N, not ranges of ids: snowflake ids are time-ordered and sparse, but their
-        # low bits are even, so the shares are balanced; each shard still pages in id order.
+        # id mod N, not ranges of ids: snowflake ids are time-ordered and sparse, and their
+        # low 16 bits are a hash and a sequence, so the shares are balanced; each shard still
+        # pages in id order.
         k, n = filters.shard
         where.append(f"mod(id, {int(n)}) = {int(k) - 1}")
     table = _quote(object_type.table)
@@ -299,6 +312,29 @@ async def hidden(db: Database, types: tuple[ObjectType, ...]) -> Hidden:
         return frozenset(r["id"] for r in rows)
 
     return Hidden(await ids("accounts", "suspended_at"), await ids("statuses", "deleted_at"))
+
+
+async def hidden_since(db: Database, since: datetime) -> tuple[frozenset[int], frozenset[int]]:
+    """Accounts and statuses whose visibility may have changed since `since`, from their
+    timestamps: for a migration whose earlier runs did not record what they had hidden.
+    Suspending or unsuspending saves the account (updated_at); removing a post sets deleted_at."""
+
+    async def ids(table: str, condition: str, needed: set[str]) -> frozenset[int]:
+        if not needed <= await db.columns(table, optional=True):
+            return frozenset()
+        sql = f"SELECT id FROM {_quote(table)} WHERE {condition}"
+        rows = await db.with_retry(lambda conn: conn.fetch(sql, since))
+        return frozenset(r["id"] for r in rows)
+
+    return (await ids("accounts", "updated_at >= $1 OR suspended_at >= $1", {"updated_at", "suspended_at"}),
+            await ids("statuses", "deleted_at >= $1", {"deleted_at"}))
+
+
+async def clock(db: Database) -> datetime:
+    """The database's time, naive UTC as Mastodon stores it: one clock for every run's start,
+    whatever the clocks of the machines that run mastosync."""
+    moment = await db.with_retry(lambda conn: conn.fetchval("SELECT now()"))
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 async def totals(db: Database, query: Query, after_id: int | None = None) -> tuple[int, int, int]:

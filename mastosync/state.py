@@ -107,6 +107,9 @@ class ResumeState:
         # Multipart uploads started and not yet completed or aborted: (key, upload id).
         # Written when one starts, so that after a crash the next run aborts what was left.
         self.open_uploads: set[tuple[str, str]] = set()
+        # When the first run of this sequence (a run and the runs resuming it) started: a
+        # resumed run skips records finished before, so only that start bounds what it saw.
+        self.sequence_started: datetime | None = None
         self._saved_at = 0.0
 
     def other_partitions(self) -> list[Path]:
@@ -135,6 +138,10 @@ class ResumeState:
                 data = json.loads(self.path.read_text())
                 if data.get("version") == VERSION and data.get("identity") == self.identity:
                     saved = {} if restart else data.get("types", {})
+                    unfinished = any(not t.get("complete") and (t.get("done_through") is not None or t.get("failed_ids"))
+                                     for t in saved.values())
+                    if unfinished and data.get("sequence_started"):
+                        self.sequence_started = datetime.fromisoformat(data["sequence_started"])
                     # Open uploads are billed: they are aborted even when progress is not resumed.
                     self.open_uploads = {(str(k), str(u)) for k, u in data.get("open_uploads", [])}
             except (OSError, ValueError):
@@ -163,6 +170,7 @@ class ResumeState:
                 types[name]["complete"] = True
         payload = {"version": VERSION, "identity": self.identity, "types": types,
                    "open_uploads": sorted([k, u] for k, u in self.open_uploads),
+                   "sequence_started": self.sequence_started.isoformat() if self.sequence_started else None,
                    "saved_at": datetime.now().astimezone().isoformat(timespec="seconds")}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -203,37 +211,77 @@ def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[
 class RunHistory:
     """Every run's start, end and outcome, one JSON line each in state_dir/runs.jsonl.
 
-    `run --since last` takes the start of the last run of the same migration that
-    completed and covered the same types: everything written since then is what the
-    cut-over catch-up must copy.
+    `run --since last` takes the baseline of the migration: the start of the first run of
+    the last sequence of runs (a run and the runs that resumed it) that completed the same
+    selection. Everything written since then is what the cut-over catch-up must copy. A
+    `--limit` trial is never a baseline; a `--since` run is one only if it reached back to
+    the baseline before it (a mistyped date in the future proves nothing). Times are the
+    database's clock, naive UTC.
     """
 
     def __init__(self, state_dir: str) -> None:
         self.path = Path(state_dir) / "runs.jsonl"
 
     def record(self, settings: Settings, types: tuple[str, ...], started: datetime, ended: datetime,
-               since: datetime | None, complete: bool, shard: tuple[int, int] | None = None) -> None:
+               since: datetime | None, complete: bool, shard: tuple[int, int] | None = None,
+               baseline: datetime | None = None, limit: int | None = None, command: str = "run",
+               clean: bool | None = None) -> None:
         entry = {"selection": selection(settings, shard), "types": list(types), "started": started.isoformat(),
-                 "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete}
+                 "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete,
+                 "baseline": (baseline or started).isoformat(), "limit": limit}
+        if command != "run":
+            entry["command"] = command
+        if clean is not None:
+            entry["clean"] = clean  # verify: nothing absent or different
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def last_complete_start(self, settings: Settings, types: tuple[str, ...],
-                            shard: tuple[int, int] | None = None) -> datetime | None:
-        """Start (naive UTC) of the latest completed run of this migration covering `types`."""
+    def _entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
-            return None
-        wanted = selection(settings, shard)
-        found: datetime | None = None
+            return []
+        found = []
         for line in self.path.read_text(encoding="utf-8").splitlines():
             try:
-                entry = json.loads(line)
+                found.append(json.loads(line))
             except ValueError:
                 continue  # a line cut by a crash
-            if entry.get("complete") and entry.get("selection") == wanted and set(types) <= set(entry["types"]):
-                started = datetime.fromisoformat(entry["started"])
-                found = started if found is None else max(found, started)
+        return found
+
+    def last_complete_start(self, settings: Settings, types: tuple[str, ...],
+                            shard: tuple[int, int] | None = None) -> datetime | None:
+        """The baseline (naive UTC) of the latest completed sequence of runs covering `types`."""
+        wanted = selection(settings, shard)
+        found: datetime | None = None
+        for entry in self._entries():
+            if (entry.get("command", "run") != "run" or not entry.get("complete")
+                    or entry.get("limit") is not None or entry.get("selection") != wanted
+                    or not set(types) <= set(entry.get("types", []))):
+                continue
+            start = datetime.fromisoformat(entry.get("baseline") or entry["started"])
+            since = entry.get("since")
+            if since is not None and (found is None or datetime.fromisoformat(since) > found):
+                continue  # left a gap between the baseline and its own start
+            found = start if found is None else max(found, start)
+        return found
+
+    def last_start(self, settings: Settings, shard: tuple[int, int] | None = None) -> datetime | None:
+        """The start of the latest run of this migration, finished or not."""
+        wanted = selection(settings, shard)
+        starts = [datetime.fromisoformat(e["started"]) for e in self._entries()
+                  if e.get("command", "run") == "run" and e.get("selection") == wanted]
+        return max(starts, default=None)
+
+    def last_verify(self, settings: Settings) -> dict[str, bool | None]:
+        """Per type: whether the latest whole verify of it (no --limit, --since or --shard)
+        found nothing absent or different; None when none was recorded."""
+        wanted = selection(settings)
+        found: dict[str, bool | None] = {}
+        for entry in self._entries():
+            if (entry.get("command") == "verify" and entry.get("selection") == wanted and entry.get("limit") is None
+                    and entry.get("since") is None and entry.get("clean") is not None):
+                for name in entry.get("types", []):
+                    found[name] = bool(entry["clean"])
         return found
 
 

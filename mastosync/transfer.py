@@ -1,6 +1,9 @@
 """Copy one object from the source bucket to the destination, and say what happened.
 
-    destination has it with the source's size  → skipped (no data moved)
+    destination has it with the source's size  → skipped (no data moved); with --checksum,
+                                                 only with equal MD5 ETags
+    destination has it, the source does not    → skipped (Mastodon wrote it there: after the switch)
+    destination's differs and is newer         → skipped, "newer at the destination, kept"
     source lacks it                            → missing
     up to multipart_threshold                  → one GET, one PUT with the bytes' Content-MD5
     larger                                     → multipart upload fed part by part from the GET
@@ -45,6 +48,7 @@ USUAL_PART_SIZES = (5 * MiB, 8 * MiB, 15 * MiB, 16 * MiB, 10 * MiB, 64 * MiB)
 
 
 ABSENT = -1  # a listing showed the key does not exist
+KEPT_NEWER = "newer at the destination, kept"
 
 
 class Known(NamedTuple):
@@ -203,6 +207,7 @@ class Copier:
     policy: RetryPolicy
     budget: MemoryBudget
     server_side: bool = False
+    checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
     on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
 
     async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
@@ -298,9 +303,16 @@ class Copier:
             destination_size = known.destination_size
         source_size = known.source_size if known.source_size != ABSENT else None  # absent in a listing: ask
         if destination_size != ABSENT:
-            source_size = source_size if source_size is not None else await self._source_size(source_key)
-            if source_size == destination_size:
+            try:
+                source_size = source_size if source_size is not None else await self._source_size(source_key)
+            except SourceMissing:
+                # Only at the destination: written there by Mastodon itself, after the switch.
+                return Outcome(Status.SKIPPED, size=destination_size)
+            if source_size == destination_size and not self.checksum:
                 return Outcome(Status.SKIPPED, size=source_size)
+            settled = await self._settle(source_key, destination_key)
+            if settled is not None:
+                return settled
         if self.server_side:
             return await self._server_side(source_key, destination_key, source_size, how.private)
         try:
@@ -318,6 +330,27 @@ class Copier:
         finally:
             await body.aclose()
         return Outcome(Status.COPIED, head.size, proof=proof, note=note, size=head.size)
+
+    async def _settle(self, source_key: str, destination_key: str) -> Outcome | None:
+        """Both sides hold the object, and the sizes differ (or --checksum asks for more than
+        sizes): skip it when the content is the same, keep the destination's when it differs
+        and is the newer (Mastodon rewrote it there after the switch: PostProcessMediaWorker
+        writes a processed video under the same key), else None: copy it."""
+        source = await self.source.head(source_key)
+        if source is None:
+            raise SourceMissing(source_key)
+        destination = await self.destination.head(destination_key)
+        if destination is None:
+            return None
+        if source.size == destination.size:
+            if source.md5 is None or destination.md5 is None:
+                return None  # same size, content unknown: --checksum copies it again
+            if source.md5 == destination.md5:
+                return Outcome(Status.SKIPPED, size=source.size)
+        if (source.last_modified is not None and destination.last_modified is not None
+                and destination.last_modified > source.last_modified):
+            return Outcome(Status.SKIPPED, size=destination.size, note=KEPT_NEWER)
+        return None
 
     async def _source_size(self, source_key: str) -> int:
         source = await self.source.head(source_key)

@@ -212,6 +212,6 @@ async def drive(engine: Engine, stats: dict[str, Stats], display: Display, repor
         if save_state is not None:
             save_state()
         report.close()
-        stopped = engine.signals or engine.fatal is not None
-        display.summary(f"mastosync {command}" + (" (interrupted)" if stopped else ""))
+        stopped = " (interrupted)" if engine.signals else " (stopped)" if engine.fatal is not None else ""
+        display.summary(f"mastosync {command}{stopped}")
         display.message(f"report: {report.path} ({report.lines} {counted})")

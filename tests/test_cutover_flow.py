@@ -5,11 +5,7 @@ source, failed records deleted later (issue 25)."""
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.services.faultproxy import FaultProxy

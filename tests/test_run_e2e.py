@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -240,7 +240,10 @@ async def test_since_last_catches_up_after_the_cut_over(tmp_path: Path, mastodon
         assert moto.get(dst, key)[0] == b"0123456789"
         history = [json.loads(line) for line in (tmp_path / "state" / "runs.jsonl").read_text().splitlines()]
         assert [h["complete"] for h in history] == [True, True]
-        assert history[1]["since"] == history[0]["started"]
+        # "last" is the bulk run's start on the database's clock, less sync.since_margin (5m), and said.
+        since = datetime.fromisoformat(history[0]["baseline"]) - timedelta(minutes=5)
+        assert history[1]["since"] == since.isoformat()
+        assert f"--since last: {since:%Y-%m-%d %H:%M:%S} UTC" in catch_up.stdout
     finally:
         p.stop()
 

@@ -55,10 +55,13 @@ async def md5_of_object(store: Store, key: str) -> str:
 
 class CheckStep:
     def __init__(self, source: Store, destination: Store, policy: RetryPolicy, checksum: bool = False,
-                 sample: float = 0.0) -> None:
+                 sample: float = 0.0, check_private: bool = False) -> None:
         self.source, self.destination, self.policy = source, destination, policy
         self.checksum = checksum  # --checksum: content compared, not only sizes
         self.sample = sample  # percent of the objects without comparable ETags downloaded and hashed
+        # Whether what Mastodon hides is checked not to be public (GetObjectAcl, a file's mode).
+        self.check_private = check_private
+        self.private_checked = 0
 
     async def __call__(self, job: Job) -> Finding:
         try:
@@ -77,9 +80,14 @@ class CheckStep:
         if src.size != dst.size:
             return Finding(job, Status.DIFFERENT, f"size {dst.size} at the destination, {src.size} at the source",
                            src.size, dst.size)
-        if not self.checksum:
-            return Finding(job, Status.OK, "", src.size, dst.size, proof="size")
         try:
+            if self.check_private and job.obj.private:
+                if await self.policy.call(lambda: self.destination.public_read(job.destination_key)):
+                    return Finding(job, Status.DIFFERENT, "public at the destination, but Mastodon keeps it private "
+                                                          "(mastosync fix --acl sets it private)", src.size, dst.size)
+                self.private_checked += 1
+            if not self.checksum:
+                return Finding(job, Status.OK, "", src.size, dst.size, proof="size")
             return await self._content(job, src.size)
         except (StorageError, EndpointDown) as exc:
             return Finding(job, Status.ERROR, str(exc), fatal=exc if isinstance(exc, EndpointDown) else None)

@@ -75,6 +75,7 @@ class Head:
     # Other stored headers to copy with it (KEPT_HEADERS, x-amz-meta-*), lower-case names.
     metadata: tuple[tuple[str, str], ...] = ()
     encrypted: bool = False  # SSE-KMS, DSSE-KMS or SSE-C: the ETag is not an MD5
+    last_modified: float | None = None  # seconds since the epoch, when the store tells
 
     @property
     def md5(self) -> str | None:

@@ -70,7 +70,9 @@ class Files(Protocol):
 
     where: str  # for messages: "/srv/x" or "mastodon@host:22:/srv/x"
 
-    async def size_of(self, path: str) -> int | None: ...
+    async def stat_of(self, path: str) -> tuple[int, float] | None:
+        """(size, mtime) of a regular file, None when there is none."""
+        ...
 
     async def entries(self, path: str) -> list[Entry] | None: ...
 
@@ -156,8 +158,8 @@ class FolderStore:
     # -- reading --------------------------------------------------------------------------
 
     async def head(self, key: str) -> Head | None:
-        size = await self.files.size_of(key)
-        return None if size is None else Head(size)
+        found = await self.files.stat_of(key)
+        return None if found is None else Head(found[0], last_modified=found[1])
 
     async def get(self, key: str) -> tuple[Head, FolderBody]:
         reader = await self.files.open_reader(key)

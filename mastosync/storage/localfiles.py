@@ -125,12 +125,12 @@ class LocalFiles:
         except OSError as exc:
             raise classify(exc, what, self.root) from None
 
-    async def size_of(self, key: str) -> int | None:
+    async def stat_of(self, key: str) -> tuple[int, float] | None:
         try:
             found = await self.run(os.stat, self.path(key), what=f"stat {key}")
         except NotFound:
             return None
-        return found.st_size if stat.S_ISREG(found.st_mode) else None
+        return (found.st_size, found.st_mtime) if stat.S_ISREG(found.st_mode) else None
 
     async def entries(self, key: str) -> list[Entry] | None:
         try:

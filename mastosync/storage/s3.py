@@ -137,7 +137,16 @@ def _head(headers: Any, size: int) -> Head:
     encrypted = (headers.get("x-amz-server-side-encryption", "").lower().startswith("aws:kms")
                  or "x-amz-server-side-encryption-customer-algorithm" in headers)
     return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"), kept,
-                encrypted)
+                encrypted, _http_time(headers.get("last-modified")))
+
+
+def _http_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -77,12 +77,14 @@ class SftpFiles:
         except (asyncssh.Error, OSError) as exc:
             raise await self.classify(exc, what) from None
 
-    async def size_of(self, key: str) -> int | None:
+    async def stat_of(self, key: str) -> tuple[int, float] | None:
         try:
             attrs = await self._call(f"stat {key}", "stat", self.path(key))
         except NotFound:
             return None
-        return attrs.size if attrs.permissions is None or stat.S_ISREG(attrs.permissions) else None
+        if attrs.permissions is not None and not stat.S_ISREG(attrs.permissions):
+            return None
+        return attrs.size, float(attrs.mtime or 0)
 
     async def entries(self, key: str) -> list[Entry] | None:
         try:
