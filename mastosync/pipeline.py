@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mastosync import cutover, layout, records
 from mastosync.config import Settings, SyncSettings, format_size
@@ -22,6 +22,7 @@ from mastosync.connect import Connected, connect
 from mastosync.errors import (
     InternalError,
     Interrupted,
+    MastosyncError,
     ObjectsFailed,
     SourceMisconfigured,
     UsageError,
@@ -146,7 +147,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             complete = (not engine.signals and engine.fatal is None and all(engine.finished_types.values())
                         and not any(s.failed for s in stats.values()))
             RunHistory(settings.sync.state_dir).record(settings, request.types, started,
-                                                       await records.clock(connected.db), request.since,
+                                                       await ended_at(connected.db), request.since,
                                                        complete, request.shard, state.sequence_started,
                                                        request.limit)
             if changed is not None and changed.records:
@@ -161,9 +162,9 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             if request.as_json:
                 sys.stdout.write(json.dumps(summary) + "\n")
                 sys.stdout.flush()
+        if isinstance(engine.fatal, SourceMisconfigured):
+            await explain(engine.fatal, watch, settings.source, connected.source)
     total_failed = sum(s.failed for s in stats.values())
-    if isinstance(engine.fatal, SourceMisconfigured):
-        await explain(engine.fatal, watch, settings.source, connected.source)
     if engine.fatal is not None:
         raise engine.fatal
     if engine.signals:
@@ -171,6 +172,14 @@ async def _run_locked(settings: Settings, request: Request) -> None:
     if total_failed:
         raise ObjectsFailed(f"{total_failed} objects failed to copy; they are listed in {report.path} "
                             "and the next run retries them")
+
+
+async def ended_at(db: records.Database) -> datetime:
+    """The database's time at the end, or this machine's when the database is what failed."""
+    try:
+        return await records.clock(db)
+    except MastosyncError:
+        return datetime.now(UTC).replace(tzinfo=None)
 
 
 def check_source(engine: Engine, watch: SourceWatch) -> None:
@@ -259,13 +268,16 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
         else:
             display.message("compared: sizes only (verify --checksum compares content: equal MD5 ETags, "
                             "or a sample downloaded and hashed)")
-        if hides and step.private_checked:
+        if step.acl_unreadable:
+            display.message(f"hidden media not checked: the destination tells no per-object ACL "
+                            f"({step.acl_unreadable}); its bucket policy decides who reads them")
+        elif hides and step.private_checked:
             display.message(f"hidden media checked: {step.private_checked} objects Mastodon keeps private are "
                             "not public at the destination")
         gaps = sum(s.absent + s.different + s.failed for s in stats.values())
         if not engine.signals:
             RunHistory(settings.sync.state_dir).record(
-                settings, request.types, started, await records.clock(connected.db), request.since,
+                settings, request.types, started, await ended_at(connected.db), request.since,
                 engine.fatal is None, request.shard, limit=request.limit, command="verify",
                 clean=engine.fatal is None and not gaps)
         if isinstance(engine.fatal, SourceMisconfigured):

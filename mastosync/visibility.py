@@ -31,7 +31,7 @@ from mastosync import layout, records
 from mastosync.config import Settings
 from mastosync.state import RunHistory, selection
 from mastosync.storage import Store
-from mastosync.storage.base import NotFound, StorageError
+from mastosync.storage.base import NotFound, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy
 
 MEDIA = layout.TYPES["media_attachments"]
@@ -47,12 +47,17 @@ class Changed:
     failed: int = 0
     records: int = 0  # media records whose owner changed side
     cannot_hide: bool = False  # the destination sends no ACL: the bucket's policy decides
+    refused: str = ""  # the destination refused a per-object ACL (no ACLs there): its answer
 
     def describe(self) -> str:
         if self.cannot_hide:
             return (f"visibility: {self.records} media records of accounts suspended or unsuspended, or posts "
                     "removed, since the last run: not changed, the destination sends no per-object ACL "
                     '(destination.acl = ""), so its bucket policy decides who reads them')
+        if self.refused:
+            return (f"visibility: {self.records} media records of accounts suspended or unsuspended, or posts "
+                    "removed, since the last run: not changed, the destination takes no per-object ACL "
+                    f"({self.refused}); its bucket policy decides who reads them")
         failed = f", {self.failed} could not be changed (the next run tries again)" if self.failed else ""
         return f"visibility: {self.made_private} made private, {self.made_public} made public again{failed}"
 
@@ -110,6 +115,8 @@ async def reapply(db: records.Database, destination: Store, settings: Settings, 
 
     async def apply(obj: layout.MediaObject) -> None:
         async with gate:
+            if changed.refused:
+                return
             for key in (obj.key, obj.fallback):
                 if key is None:
                     continue
@@ -118,8 +125,11 @@ async def reapply(db: records.Database, destination: Store, settings: Settings, 
                     await policy.call(functools.partial(destination.put_acl, full, "private" if obj.private else acl))
                 except NotFound:
                     continue  # not copied yet (or not at this key): it will be written as it is now
-                except StorageError:
+                except Transient:
                     changed.failed += 1
+                    return
+                except StorageError as exc:  # no ACLs there (R2, "bucket owner enforced", rclone)
+                    changed.refused = changed.refused or str(exc)
                     return
                 if obj.private:
                     changed.made_private += 1

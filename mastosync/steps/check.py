@@ -14,7 +14,7 @@ from mastosync.errors import EndpointDown
 from mastosync.outcome import Status
 from mastosync.plan import Job
 from mastosync.storage import Store
-from mastosync.storage.base import Head, StorageError
+from mastosync.storage.base import Head, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy
 from mastosync.transfer import ABSENT, Known
 
@@ -62,6 +62,7 @@ class CheckStep:
         # Whether what Mastodon hides is checked not to be public (GetObjectAcl, a file's mode).
         self.check_private = check_private
         self.private_checked = 0
+        self.acl_unreadable = ""  # the destination answered GetObjectAcl with an error: not checked
 
     async def __call__(self, job: Job) -> Finding:
         try:
@@ -81,16 +82,28 @@ class CheckStep:
             return Finding(job, Status.DIFFERENT, f"size {dst.size} at the destination, {src.size} at the source",
                            src.size, dst.size)
         try:
-            if self.check_private and job.obj.private:
-                if await self.policy.call(lambda: self.destination.public_read(job.destination_key)):
+            if self.check_private and job.obj.private and not self.acl_unreadable:
+                if await self._public(job.destination_key):
                     return Finding(job, Status.DIFFERENT, "public at the destination, but Mastodon keeps it private "
                                                           "(mastosync fix --acl sets it private)", src.size, dst.size)
-                self.private_checked += 1
             if not self.checksum:
                 return Finding(job, Status.OK, "", src.size, dst.size, proof="size")
             return await self._content(job, src.size)
         except (StorageError, EndpointDown) as exc:
             return Finding(job, Status.ERROR, str(exc), fatal=exc if isinstance(exc, EndpointDown) else None)
+
+    async def _public(self, key: str) -> bool:
+        """Whether everyone may read it; False, and no more asked, where the destination keeps
+        no per-object ACL (its bucket policy decides)."""
+        try:
+            public = await self.policy.call(lambda: self.destination.public_read(key))
+        except Transient:
+            raise
+        except StorageError as exc:
+            self.acl_unreadable = self.acl_unreadable or str(exc)
+            return False
+        self.private_checked += 1
+        return public
 
     async def _content(self, job: Job, size: int) -> Finding:
         """Equal MD5 ETags prove equal bytes without reading them; otherwise a sample of the

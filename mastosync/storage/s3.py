@@ -672,7 +672,17 @@ class Bucket:
 
     async def public_read(self, key: str) -> bool:
         """Whether everyone may read the object (a READ grant to AllUsers: public-read)."""
-        root = await self._xml("GET", key, f"GetObjectAcl {key}", {"acl": ""})
+        what = f"GetObjectAcl {key}"
+        _, data = await self._send("GET", key, what, {"acl": ""})
+        try:
+            root = ET.fromstring(data)
+        except ET.ParseError:
+            root = None
+        if root is None or root.tag.rpartition("}")[2] != "AccessControlPolicy":
+            # Some servers ignore ?acl and send the object itself: they keep no ACL per object.
+            raise Permanent(f"{what}: the endpoint answers no ACL (it keeps none per object)")
+        for element in root.iter():
+            element.tag = element.tag.rpartition("}")[2]
         return any(grant.findtext("Permission") in ("READ", "FULL_CONTROL")
                    and (grant.findtext("Grantee/URI") or "").endswith("/global/AllUsers")
                    for grant in root.iter("Grant"))
