@@ -82,10 +82,10 @@ class CheckStep:
             return Finding(job, Status.DIFFERENT, f"size {dst.size} at the destination, {src.size} at the source",
                            src.size, dst.size)
         try:
-            if self.check_private and job.obj.private and not self.acl_unreadable:
-                if await self._public(job.destination_key):
-                    return Finding(job, Status.DIFFERENT, "public at the destination, but Mastodon keeps it private "
-                                                          "(mastosync fix --acl sets it private)", src.size, dst.size)
+            hidden = self.check_private and job.obj.private and not self.acl_unreadable
+            if hidden and await self._public(job.destination_key):
+                return Finding(job, Status.DIFFERENT, "public at the destination, but Mastodon keeps it private "
+                                                      "(mastosync fix --acl sets it private)", src.size, dst.size)
             if not self.checksum:
                 return Finding(job, Status.OK, "", src.size, dst.size, proof="size")
             return await self._content(job, src.size)
