@@ -456,13 +456,27 @@ def status(config_path: str | None) -> None:
 def cutover_command(config_path: str | None) -> None:
     """Print what to change to switch Mastodon to the destination bucket.
 
-    The .env.production lines, the Content-Security-Policy step a week ahead, and an
-    nginx snippet that serves old /system/ URLs from the new bucket. Also printed after a
-    `verify --all` that found the destination complete. Connects to nothing.
+    The .env.production lines (one block, paste-ready, media URLs built as Mastodon builds
+    them), the Content-Security-Policy step a week ahead, and an nginx snippet that serves
+    old /system/ URLs from the new bucket. Printed once the last `verify --all` found
+    nothing absent or different (until then, only the step a week ahead; exit 1). Reads
+    the state directory; connects to nothing.
     """
     from mastosync import cutover
+    from mastosync.errors import VerifyGaps
+    from mastosync.state import RunHistory
 
-    click.echo(cutover.instructions(_load(config_path)), nl=False)
+    settings = _load(config_path)
+    verified = RunHistory(settings.sync.state_dir).last_verify(settings)
+    unproven = [name for name in layout.TYPE_NAMES if verified.get(name) is not True]
+    if unproven:
+        if not settings.destination.is_folder:
+            click.echo(cutover.week_ahead(settings))
+        found = ", ".join(f"{name}: {'gaps found' if verified.get(name) is False else 'not verified'}"
+                          for name in unproven)
+        raise VerifyGaps(f"the cut-over settings are printed once `mastosync verify --all` has found nothing absent "
+                         f"or different ({found})")
+    click.echo(cutover.instructions(settings), nl=False)
 
 
 class _RedactingFilter(logging.Filter):

@@ -1,75 +1,159 @@
 """What an admin changes to switch Mastodon to the new bucket: pure text from the settings.
 
-Printed after a `verify` that found nothing absent or different, and by `mastosync
-cutover` on demand. Mastodon reads S3_* from .env.production (config/initializers/
-paperclip.rb) and lets its Content-Security-Policy allow media from S3_ALIAS_HOST and
-EXTRA_MEDIA_HOSTS (app/lib/content_security_policy.rb): old media URLs live on in other
-servers' caches and in posts, so the old host stays allowed, and the new one is allowed
-a week ahead, before browsers holding the old policy meet it.
+Printed after a `verify --all` that found nothing absent or different, and by `mastosync
+cutover` once such a verify is recorded. Mastodon reads S3_* from .env.production
+(config/initializers/paperclip.rb) and builds every media URL with kt-paperclip:
+
+    S3_ALIAS_HOST set      <S3_PROTOCOL>://<S3_ALIAS_HOST>/<path>
+    otherwise              <S3_PROTOCOL>://<S3_HOSTNAME>/<S3_BUCKET>/<path>
+                           (S3_HOSTNAME defaults to s3-<S3_REGION>.amazonaws.com, wrong
+                           anywhere but on AWS's oldest regions: it is always printed)
+
+where <path> is [S3_KEY_PREFIX/]key. The Content-Security-Policy (app/lib/
+content_security_policy.rb) allows media from S3_ALIAS_HOST or S3_HOSTNAME, never from
+S3_ENDPOINT, and from EXTRA_MEDIA_HOSTS: old media URLs live on in posts and other servers'
+caches, so the old host stays allowed, and the new one is allowed a week ahead, before
+browsers holding the old policy meet it. `paperclip_url` is that formula, so that the
+tests build each object's URL from the printed lines exactly as Mastodon would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from mastosync.config import BucketSettings, DestinationSettings, Settings
+from mastosync.errors import UsageError
+
+R2_API_HOST = ".r2.cloudflarestorage.com"  # R2's S3 API: signed requests only, never public
+
+
+def _prefixed(side: BucketSettings) -> str:
+    return f"{side.key_prefix}/".removeprefix("/") if side.key_prefix else ""
 
 
 def public_base(side: BucketSettings) -> str:
-    """The URL under which the side's objects are served (before any CDN or alias host)."""
-    prefix = f"{side.key_prefix}/" if side.key_prefix else ""
+    """The URL under which the side's objects are served publicly, ending in "/": its public_url
+    (a CDN, a bucket's public domain), else the path-style URL Mastodon builds."""
+    public_url = side.public_url if isinstance(side, DestinationSettings) else ""
+    if public_url:
+        return f"{public_url.rstrip('/')}/{_prefixed(side)}"
+    protocol, hostname = _protocol_and_hostname(side)
+    return f"{protocol}://{hostname}/{side.bucket}/{_prefixed(side)}"
+
+
+def _protocol_and_hostname(side: BucketSettings) -> tuple[str, str]:
+    """Where the objects are, path style: the endpoint's scheme and host (and path), or AWS's."""
     if not side.endpoint:
-        return f"https://{side.bucket}.s3.{side.region or 'us-east-1'}.amazonaws.com/{prefix}"
+        return "https", f"s3.{side.region or 'us-east-1'}.amazonaws.com"
     parts = urlsplit(side.endpoint)
-    if side.addressing_style == "virtual":
-        return f"{parts.scheme}://{side.bucket}.{parts.netloc}{parts.path.rstrip('/')}/{prefix}"
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/{side.bucket}/{prefix}"
+    return parts.scheme, f"{parts.netloc}{parts.path.rstrip('/')}"
 
 
 def env_lines(destination: DestinationSettings) -> list[str]:
-    """.env.production lines for the destination, as Mastodon reads them."""
-    lines = ["S3_ENABLED=true"]
+    """The .env.production block for the destination: complete, each live line as it must be;
+    what needs a word of explanation has it on a comment line of its own (dotenv files take no
+    comments after a value)."""
+    protocol, hostname = _protocol_and_hostname(destination)
+    lines = ["S3_ENABLED=true", f"S3_BUCKET={destination.bucket}", f"S3_REGION={destination.region or 'us-east-1'}"]
     if destination.endpoint:
-        lines.append(f"S3_ENDPOINT={destination.endpoint}")
-    lines += [f"S3_BUCKET={destination.bucket}", f"S3_REGION={destination.region}",
-              f"S3_PERMISSION={destination.acl}"]
-    if destination.key_prefix:
-        lines.append(f"S3_KEY_PREFIX={destination.key_prefix}")
+        lines.append(f"S3_ENDPOINT={destination.endpoint.rstrip('/')}")
+    if destination.public_url:
+        public = urlsplit(destination.public_url)
+        protocol = public.scheme
+        lines += [f"S3_PROTOCOL={protocol}", f"S3_HOSTNAME={hostname}",
+                  f"S3_ALIAS_HOST={public.netloc}{public.path.rstrip('/')}"]
+    else:
+        lines += [f"S3_PROTOCOL={protocol}", f"S3_HOSTNAME={hostname}"]
     if destination.endpoint and destination.addressing_style == "virtual":
         lines.append("S3_OVERRIDE_PATH_STYLE=true")
+    if not destination.acl:
+        lines.append("# no per-object ACL: the bucket's policy decides who reads (as Mastodon with an empty value)")
+    lines.append(f"S3_PERMISSION={destination.acl}")
     if destination.storage_class:
         lines.append(f"S3_STORAGE_CLASS={destination.storage_class}")
+    if destination.key_prefix:
+        lines += ["# S3_KEY_PREFIX needs Mastodon 4.3 or later", f"S3_KEY_PREFIX={destination.key_prefix}"]
     return lines
+
+
+def parse_env(lines: list[str]) -> dict[str, str]:
+    """KEY=value lines as dotenv reads them (comments and blank lines skipped; the last wins)."""
+    found: dict[str, str] = {}
+    for line in lines:
+        text = line.strip()
+        if text and not text.startswith("#") and "=" in text:
+            key, _, value = text.partition("=")
+            found[key.strip()] = value
+    return found
+
+
+def paperclip_url(env: Mapping[str, str], key: str) -> str:
+    """The URL Mastodon (kt-paperclip, config/initializers/paperclip.rb) gives the object `key`."""
+    path = f"{env['S3_KEY_PREFIX']}/{key}" if "S3_KEY_PREFIX" in env else key
+    path = path.removeprefix("/")
+    protocol = env.get("S3_PROTOCOL", "https")
+    if env.get("S3_ALIAS_HOST"):
+        return f"{protocol}://{env['S3_ALIAS_HOST']}/{path}"
+    hostname = env.get("S3_HOSTNAME") or f"s3-{env.get('S3_REGION', 'us-east-1')}.amazonaws.com"
+    return f"{protocol}://{hostname}/{env['S3_BUCKET']}/{path}"
+
+
+def _refuse_unservable(destination: DestinationSettings) -> None:
+    if destination.public_url:
+        return
+    if (urlsplit(destination.endpoint).hostname or "").endswith(R2_API_HOST):
+        raise UsageError("destination.public_url: an R2 bucket is not served from its S3 API endpoint; set "
+                         "destination.public_url to its public domain (a custom domain, or its r2.dev address) "
+                         "so that the printed S3_ALIAS_HOST makes working media URLs")
+
+
+def week_ahead(settings: Settings) -> str:
+    """The one step that comes before the copy is complete: allowing the new host."""
+    new_host = urlsplit(public_base(settings.destination)).netloc
+    return f"""\
+A week ahead of the cut-over: allow the new media host in Mastodon's Content-Security-Policy,
+so that browsers still holding the old policy accept media from it. Add it to
+EXTRA_MEDIA_HOSTS in .env.production (beside any hosts already listed there; one line):
+    EXTRA_MEDIA_HOSTS={_scheme_of(settings.destination)}://{new_host}
+"""
+
+
+def _scheme_of(side: BucketSettings) -> str:
+    return urlsplit(public_base(side)).scheme
 
 
 def instructions(settings: Settings) -> str:
     """The cut-over, step by step, for this source and destination."""
     if settings.destination.is_folder:
         return to_folder(settings)
-    old, new = public_base(settings.source), public_base(settings.destination)
-    old_host, new_host = urlsplit(old).netloc, urlsplit(new).netloc
-    env = "\n".join(f"    {line}" for line in env_lines(settings.destination))
-    # Files served by Mastodon's own host before (local storage) need no other host allowed.
-    old_hosts = "" if settings.source.is_folder else (
-        f"    EXTRA_MEDIA_HOSTS={old_host}    # the old media host: posts and other servers still link to it\n")
+    destination = settings.destination
+    _refuse_unservable(destination)
+    new = public_base(destination)
+    new_parts = urlsplit(new)
+    env = env_lines(destination)
+    if not settings.source.is_folder:
+        # Files served by Mastodon's own host before (local storage) need no other host allowed.
+        old = urlsplit(public_base(settings.source))
+        env.append("# the old media host: posts and other servers still link to it (add any hosts you list now)")
+        env.append(f"EXTRA_MEDIA_HOSTS={old.scheme}://{old.netloc}")
+    block = "\n".join(f"    {line}" for line in env)
     return f"""\
-Cut-over to {settings.destination.bucket} ({new}):
+Cut-over to {destination.bucket} (served at {new}):
 
- 1. A week ahead: allow the new host in Mastodon's Content-Security-Policy, so that
-    browsers still holding the old policy accept media from it:
-    EXTRA_MEDIA_HOSTS={new_host}
- 2. Set in .env.production (and the keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY):
-{env}
-    S3_ALIAS_HOST=<the host that serves the new bucket, if a CDN or proxy does>
-{old_hosts}    then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
- 3. Catch up with what was written meanwhile: mastosync run --since last
+ 1. {week_ahead(settings).replace(chr(10), chr(10) + "    ").rstrip()}
+ 2. Replace the S3_* lines of .env.production with these (and set AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY to the new bucket's keys):
+{block}
+    then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
+ 3. Catch up with what was written meanwhile: mastosync run --all --since last
  4. Prove it: mastosync verify --all
  5. Old URLs under /system/ (local storage before, or an alias host you keep): serve them
     from the new bucket with nginx, e.g. in the server block of that host:
 
     location /system/ {{
         proxy_pass {new};
-        proxy_set_header Host {new_host};
+        proxy_set_header Host {new_parts.netloc};
         proxy_ssl_server_name on;
         proxy_set_header Authorization "";
         proxy_hide_header Set-Cookie;
@@ -92,11 +176,11 @@ Cut-over to the folder {where} (Mastodon's local storage):
 
  1. Set in .env.production, and remove the other S3_* lines:
     S3_ENABLED=false
-    PAPERCLIP_ROOT_PATH={destination.root}    # not needed if it is <mastodon>/public/system
+    PAPERCLIP_ROOT_PATH={destination.root}
     PAPERCLIP_ROOT_URL=/system
     then restart mastodon-web, mastodon-streaming and mastodon-sidekiq.
  2. Let the web server serve /system/ from that folder (Mastodon's nginx example does, for
     public/system; files of suspended accounts are mode 0600 and so not served).
- 3. Catch up with what was written meanwhile: mastosync run --since last
+ 3. Catch up with what was written meanwhile: mastosync run --all --since last
  4. Prove it: mastosync verify --all{old}
 """

@@ -292,4 +292,8 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
     if (set(request.types) == set(layout.TYPE_NAMES) and request.limit is None and request.since is None
             and request.shard is None):
         # Everything checked and complete: what to change next.
-        (sys.stderr if as_json else sys.stdout).write("\n" + cutover.instructions(settings))
+        try:
+            text = cutover.instructions(settings)
+        except UsageError as exc:  # a setting the printed lines need is missing: say which
+            text = f"cut-over: {exc}\n"
+        (sys.stderr if as_json else sys.stdout).write("\n" + text)
