@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,14 +29,14 @@ from typing import Any
 from mastosync import layout, records
 from mastosync.config import Settings, format_size
 from mastosync.connect import connect
-from mastosync.errors import Interrupted, ObjectsFailed, VerifyGaps
+from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
 from mastosync.plan import Job, learn_sizes_of
 from mastosync.progress import Display
 from mastosync.request import Request, report_label
 from mastosync.state import Report, ResumeState, TypeProgress
 from mastosync.steps.check import head_of
-from mastosync.storage import Store, sniff
-from mastosync.storage.base import Head, StorageError
+from mastosync.storage import Store, make_store, sniff
+from mastosync.storage.base import Head, NotFound, StorageError, Transient
 from mastosync.storage.folders import MASTODON_CACHE_CONTROL
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES
@@ -58,6 +59,11 @@ class Audit:
     fix_acl: bool = False
     fix_headers: bool = False
     dry_run: bool = False
+    min_age: float = 3600.0  # seconds: objects written more recently are never orphans
+
+    def key_of(self, job: Job) -> str:
+        """The key audited: the job's on the side looked at."""
+        return job.source_key if self.side == "source" else job.destination_key
 
     @property
     def fixing(self) -> bool:
@@ -70,11 +76,13 @@ class Tally:
 
     expected: int = 0
     present: int = 0
-    missing: int = 0
+    missing: int = 0  # absent here, and at the source too (or this is the source): not an error
+    absent: int = 0  # absent from the destination, though the source has it: a gap
     size_mismatch: int = 0
     wrong_headers: int = 0
     wrong_acl: int = 0
     fixed: int = 0
+    would_fix: int = 0  # fix --dry-run
     errors: int = 0
     headers_checked: int = 0  # (orphans are counted by find_orphans, per page, not per record)
 
@@ -95,14 +103,22 @@ def acceptable_types(obj: layout.MediaObject) -> set[str]:
 
 
 class AuditStep:
-    def __init__(self, settings: Settings, store: Store, audit: Audit, acl: str, policy: RetryPolicy) -> None:
+    def __init__(self, settings: Settings, store: Store, audit: Audit, acl: str, policy: RetryPolicy,
+                 source: Store | None = None) -> None:
         self.settings, self.store, self.audit, self.acl, self.policy = settings, store, audit, acl, policy
+        # Auditing the destination: the source, asked about what the destination lacks, so that
+        # "missing" means what it means in run and verify (at neither side: not a gap).
+        self.source = source
         self.tallies: dict[str, Tally] = collections.defaultdict(Tally)
         self.folder = not store.keeps_metadata
+        # The bucket refused GetObjectAcl or PutObjectAcl (no per-object ACLs: R2, "bucket owner
+        # enforced"): its answer, said once; its policy decides visibility there.
+        self.no_acls = ""
 
     async def __call__(self, job: Job, report: Report, out: Any) -> None:
         obj, tally = job.obj, self.tallies[job.obj.type]
         tally.expected += 1
+        before = (tally.missing, tally.absent)
         ok = True
         try:
             await self._check(job, tally, report, out)
@@ -111,7 +127,15 @@ class AuditStep:
             tally.errors += 1
             self._finding(report, out, job, "error", str(exc))
         job.stats.done(0, obj.estimate)
-        job.stats.ok += 1
+        # The live table counts what was found, as verify's does.
+        if not ok:
+            job.stats.failed += 1
+        elif tally.missing > before[0]:
+            job.stats.missing += 1
+        elif tally.absent > before[1]:
+            job.stats.absent += 1
+        else:
+            job.stats.ok += 1
         job.progress.finish(obj.id, ok)
 
     async def _check(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
@@ -122,8 +146,12 @@ class AuditStep:
             if other != ABSENT:
                 job, size = job.fallback, other
         if size == ABSENT:
-            tally.missing += 1
-            self._finding(report, out, job, "missing", "expected, absent")
+            if self.audit.side == "destination" and await self._at_source(job):
+                tally.absent += 1
+                self._finding(report, out, job, "absent", "expected, absent here; the source has it")
+            else:
+                tally.missing += 1
+                self._finding(report, out, job, "missing", "expected, absent here and at the source")
             return
         tally.present += 1
         if obj.size is not None and obj.style == "original" and size != obj.size:
@@ -138,11 +166,21 @@ class AuditStep:
 
     async def _size(self, job: Job) -> int:
         listed = job.known.destination_size if job.known else None
-        head = await head_of(self.store, job.destination_key, listed, self.policy)
+        head = await head_of(self.store, self.audit.key_of(job), listed, self.policy)
         return ABSENT if head is None else head.size
 
+    async def _at_source(self, job: Job) -> bool:
+        """Whether the source has the object (or, where the source cannot be asked, True: a gap)."""
+        source = self.source
+        if source is None:
+            return True
+        for candidate in (job, job.fallback):
+            if candidate is not None and await head_of(source, candidate.source_key, None, self.policy) is not None:
+                return True
+        return False
+
     async def _headers(self, job: Job, tally: Tally, report: Report, out: Any) -> None:
-        obj, key = job.obj, job.destination_key
+        obj, key = job.obj, self.audit.key_of(job)
         wrong: list[str] = []
         head = None
         right_type: str | None = None
@@ -159,8 +197,8 @@ class AuditStep:
             if head.cache_control not in GOOD_CACHE_CONTROL:
                 wrong.append(f"Cache-Control {head.cache_control!r}")
         acl_wrong = False
-        if self.acl or self.folder:
-            public = await self.policy.call(lambda: self.store.public_read(key))
+        public = await self._public(key) if (self.acl or self.folder) and not self.no_acls else None
+        if public is not None:
             # A folder serves what is readable: everything but hidden media (backups included).
             should = (bool(layout.file_mode(obj) & 0o004) if self.folder
                       else not obj.private and self.acl in PUBLIC_ACLS)
@@ -174,7 +212,10 @@ class AuditStep:
             self._finding(report, out, job, "wrong-headers", "; ".join(wrong))
         repair_headers = self.audit.fix_headers and wrong
         repair_acl = self.audit.fix_acl and acl_wrong
-        if not (repair_headers or repair_acl) or self.audit.dry_run:
+        if not (repair_headers or repair_acl):
+            return
+        if self.audit.dry_run:
+            tally.would_fix += 1
             return
         if repair_headers or self.folder:
             assert head is not None or self.folder
@@ -186,6 +227,16 @@ class AuditStep:
             await self.policy.call(lambda: self.store.put_acl(key, acl))
         tally.fixed += 1
 
+    async def _public(self, key: str) -> bool | None:
+        """Whether everyone may read the object; None where the bucket keeps no per-object ACL."""
+        try:
+            return await self.policy.call(lambda: self.store.public_read(key))
+        except (Transient, NotFound):
+            raise
+        except StorageError as exc:
+            self.no_acls = self.no_acls or str(exc)
+            return None
+
     async def _sniff(self, key: str) -> str | None:
         """The type of the object's first bytes (one short read)."""
         head, body = await self.policy.call(lambda: self.store.get(key))
@@ -196,7 +247,7 @@ class AuditStep:
         return sniff.content_type(bytes(start))
 
     def _finding(self, report: Report, out: Any, job: Job, status: str, reason: str) -> None:
-        entry = {"type": job.obj.type, "id": job.obj.id, "style": job.obj.style, "key": job.destination_key,
+        entry = {"type": job.obj.type, "id": job.obj.id, "style": job.obj.style, "key": self.audit.key_of(job),
                  "status": status, "reason": reason}
         report.write(entry)
         if out is not None:
@@ -204,14 +255,19 @@ class AuditStep:
 
 
 async def find_orphans(db: records.Database, store: Store, settings: Settings, prefix: str,
-                       path: Path, hidden: layout.Hidden) -> tuple[dict[str, list[int]], int]:
+                       path: Path, hidden: layout.Hidden, written_before: float) -> tuple[dict[str, list[int]], int, int]:
     """Keys under `prefix` that no record owns, written to `path` (JSON lines); returns the
-    count and bytes per type ("other" for keys no record could own) and the keys listed."""
+    count and bytes per type ("other" for keys no record could own), the keys listed, and
+    the keys too young to judge. An object written after `written_before` (seconds since the
+    epoch) is never an orphan: Paperclip writes the object before its row commits, so a live
+    upload has no row yet."""
     found: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
-    listed = 0
+    listed = young = 0
     with path.open("w", encoding="utf-8") as out:
-        async for page in store.list_pages(prefix):
-            listed += len(page)
+        async for listing in store.list_pages(prefix):
+            listed += len(listing)
+            page = [(key, size) for key, size, written in listing if written is None or written <= written_before]
+            young += len(listing) - len(page)
             owners: dict[str, set[int]] = collections.defaultdict(set)
             for key, _ in page:
                 owner = layout.record_of_key(key[len(prefix):])
@@ -236,7 +292,7 @@ async def find_orphans(db: records.Database, store: Store, settings: Settings, p
                 counts[0] += 1
                 counts[1] += size
                 out.write(json.dumps({"key": key, "size": size}) + "\n")
-    return found, listed
+    return found, listed, young
 
 
 def audit(settings: Settings, request: Request, what: Audit) -> None:
@@ -257,6 +313,7 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         print("mastosync: resuming an unfinished fix: "
               + ", ".join(f"{n} after id {p.done_through}" for n, p in progress.items() if p.done_through),
               file=sys.stderr if what.as_json else sys.stdout)
+    started = time.time()
     async with contextlib.AsyncExitStack() as stack:
         connected = await connect(stack, settings, request, progress, write=what.fixing and not what.dry_run,
                                   only=what.side)
@@ -264,8 +321,11 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         stats = connected.stats
         display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
                           out=sys.stderr if what.as_json else sys.stdout)
+        source = await open_source(stack, settings, request) if what.side == "destination" else None
+        if what.side == "destination" and source is None:
+            display.message("mastosync: the source cannot be read: objects absent here are counted as gaps")
         acl = settings.destination.acl  # Mastodon's S3_PERMISSION: the same for the old bucket
-        step = AuditStep(settings, store, what, acl, RetryPolicy(retries=settings.sync.retries))
+        step = AuditStep(settings, store, what, acl, RetryPolicy(retries=settings.sync.retries), source)
         out = sys.stdout if what.as_json else None
 
         async def check(job: Job) -> None:
@@ -274,7 +334,7 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
                 state.save(every=2.0)
 
         engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
-                        functools.partial(learn_sizes_of, store=store), connected.hidden)
+                        functools.partial(learn_sizes_of, store=store, side=what.side), connected.hidden)
         try:
             with display.running():
                 await engine.run()
@@ -288,30 +348,51 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         if engine.signals:
             raise Interrupted(engine.signals[0])
         orphans: dict[str, list[int]] = {}
-        listed = 0
+        listed = young = 0
         orphan_path = Path(settings.sync.state_dir) / f"orphans-{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}.jsonl"
         if not what.fixing and request.limit is None and request.since is None and request.shard is None:
             prefix = layout.full_key(store.key_prefix, "") if store.key_prefix else ""
-            orphans, listed = await find_orphans(connected.db, store, settings, prefix, orphan_path,
-                                                 connected.hidden)
-        summarise(step.tallies, orphans, listed, orphan_path, what, store, report,
-                  sys.stderr if what.as_json else sys.stdout)
-    missing = sum(t.missing for t in step.tallies.values())
+            orphans, listed, young = await find_orphans(connected.db, store, settings, prefix, orphan_path,
+                                                        connected.hidden, started - what.min_age)
+        out = sys.stderr if what.as_json else sys.stdout
+        summarise(step.tallies, orphans, listed, orphan_path, what, store, report, out)
+        if young:
+            print(f"not judged: {young} objects written less than {what.min_age / 60:g} minutes before the audit "
+                  "began (--min-age): a live upload's row may not be committed yet", file=out)
+        if step.no_acls:
+            print(f"visibility: the {what.side} keeps no per-object ACL ({step.no_acls}); its bucket policy "
+                  "decides who reads what, so no object was judged or fixed by its ACL", file=out)
+    absent = sum(t.absent for t in step.tallies.values())
     errors = sum(t.errors for t in step.tallies.values())
     if what.fixing and errors:
         raise ObjectsFailed(f"{errors} objects could not be checked or fixed; see {report.path}")
-    if missing:
-        raise VerifyGaps(f"{missing} objects the database references are missing from the {what.side}; "
-                         f"see {report.path}")
+    if absent:
+        raise VerifyGaps(f"{absent} objects the source has are absent from the destination; see {report.path}")
+
+
+async def open_source(stack: contextlib.AsyncExitStack, settings: Settings, request: Request) -> Store | None:
+    """The source, read-only, to tell "missing" (at neither side) from "absent" (a gap); None
+    when it cannot be opened (an old bucket already given up)."""
+    from mastosync.connect import open_ssh
+
+    try:
+        tunnel = await open_ssh(stack, settings, with_files=True)
+        store: Store = await stack.enter_async_context(
+            make_store(settings.source, "source", request.concurrency + 8, settings.sync.timeout, tunnel))
+        await store.check()
+    except MastosyncError:
+        return None
+    return store
 
 
 def summarise(tallies: dict[str, Tally], orphans: dict[str, list[int]], listed: int, orphan_path: Path,
               what: Audit, store: Store, report: Report, out: Any) -> None:
-    columns = ["expected", "present", "missing", "size_mismatch"]
+    columns = ["expected", "present", *(["absent"] if what.side == "destination" else []), "missing",
+               "size_mismatch"]
     if what.headers or what.fixing:
         columns += ["headers_checked", "wrong_headers", "wrong_acl"]
     if what.fixing:
-        columns += ["fixed"]
+        columns += ["would_fix" if what.dry_run else "fixed"]
     names = sorted(set(tallies) | set(orphans), key=lambda n: (n not in layout.TYPES, n))
     header = ["type", *columns, "orphans", "orphan bytes"]
     rows = [[n, *(str(getattr(tallies[n], c)) if n in tallies else "-" for c in columns),
@@ -328,4 +409,7 @@ def summarise(tallies: dict[str, Tally], orphans: dict[str, list[int]], listed: 
               f"{orphan_path.resolve()}. mastosync never deletes them. After checking the list:\n"
               f"  jq -r .key {orphan_path.name} > orphans.txt; rclone delete REMOTE:BUCKET --files-from-raw "
               "orphans.txt   (or: aws s3 rm s3://BUCKET/KEY for each)", file=out)
+    if what.fixing and what.dry_run:
+        print(f"fix --dry-run: would fix {sum(t.would_fix for t in tallies.values())} objects; nothing was changed",
+              file=out)
     print(f"report: {report.path} ({report.lines} findings)", file=out)

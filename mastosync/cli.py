@@ -340,23 +340,33 @@ side_option = click.option("--side", type=click.Choice(["source", "destination"]
 @side_option
 @click.option("--headers", is_flag=True, help="Also check Content-Type, Cache-Control and the ACL (public or not).")
 @click.option("--sample", type=click.IntRange(1), metavar="N", help="With --headers: N objects per type (default all).")
+@click.option("--min-age", "min_age", default="1h", show_default=True, metavar="DURATION",
+              help="Objects written more recently than this before the audit began are never listed as orphans "
+              "(Mastodon writes a file before its row commits: a live upload has no row yet). 30m, 2h, 1d.")
 @json_option
 def audit_command(config_path: str | None, types: tuple[str, ...], all_types: bool, shard: tuple[int, int] | None,
-                  side: str, headers: bool, sample: int | None, as_json: bool) -> None:
+                  side: str, headers: bool, sample: int | None, min_age: str, as_json: bool) -> None:
     """Compare a bucket (or folder) with what the database expects; read-only.
 
     Per type: expected, present, missing, size mismatches, (with --headers) wrong headers and
     ACLs, and orphans: objects no record references, listed in a JSON-lines file under
-    sync.state_dir for you to check and delete (mastosync never deletes). Exit 1 when
-    anything the database references is missing.
+    sync.state_dir for you to check and delete (mastosync never deletes). "missing" means
+    what it means in run and verify: referenced, at neither side; reported, not an error.
+    Exit 1 when the destination lacks an object the source has.
     """
     from mastosync import audit
+    from mastosync.config import parse_duration
+    from mastosync.errors import UsageError
     from mastosync.request import Request
 
+    try:
+        age = parse_duration(min_age)
+    except ValueError:
+        raise UsageError(f"--min-age {min_age!r}: expected a duration such as 30m, 1h or 2d") from None
     settings = _load(config_path)
     audit.audit(settings, Request(types=chosen_types(types, all_types), shard=shard,
                                   concurrency=settings.sync.concurrency),
-                audit.Audit(side=side, headers=headers, sample=sample, as_json=as_json))
+                audit.Audit(side=side, headers=headers, sample=sample, as_json=as_json, min_age=age))
 
 
 @cli.command("fix")

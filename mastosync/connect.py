@@ -86,7 +86,9 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
     pool = request.concurrency + 8
     if only is not None:
         side = settings.source if only == "source" else settings.destination
-        store: Store = await stack.enter_async_context(make_store(side, only, pool, settings.sync.timeout, tunnel))
+        # Mastodon's S3_PERMISSION is one setting: the old bucket was written as the new one is.
+        store: Store = await stack.enter_async_context(make_store(side, only, pool, settings.sync.timeout, tunnel,
+                                                                  acl=settings.destination.acl))
         source = destination = store
         checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, extra=store.headers_for(Head(0), False)),
                                                      return_exceptions=True)

@@ -92,8 +92,12 @@ async def _sizes(bucket: Store, root: str, keys: list[str], pages: int) -> dict[
         return None
 
 
-async def learn_sizes_of(jobs: list[Job], store: Store) -> None:
-    """learn_sizes for one store (audit, fix): its sizes as the jobs' destination sizes."""
+async def learn_sizes_of(jobs: list[Job], store: Store, side: str = "destination") -> None:
+    """learn_sizes for one store (audit, fix) on one side: its sizes as the jobs' destination sizes."""
+
+    def key(job: Job) -> str:
+        return job.source_key if side == "source" else job.destination_key
+
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         group = groups.setdefault(layout.partition_root(job.obj), [])
@@ -102,8 +106,8 @@ async def learn_sizes_of(jobs: list[Job], store: Store) -> None:
             group.append(job.fallback)
 
     async def learn(root: str, group: list[Job]) -> None:
-        sizes = await _sizes(store, root, [j.destination_key for j in group], 2 + len(group) // 500)
+        sizes = await _sizes(store, root, [key(j) for j in group], 2 + len(group) // 500)
         for job in group:
-            job.known = Known(None, None if sizes is None else sizes.get(job.destination_key, ABSENT))
+            job.known = Known(None, None if sizes is None else sizes.get(key(job), ABSENT))
 
     await asyncio.gather(*(learn(root, group) for root, group in groups.items()))

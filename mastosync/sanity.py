@@ -62,7 +62,7 @@ async def first_keys(store: Store, n: int = 3, timeout: float = 20.0) -> list[st
 
     async def look() -> None:
         async for page in store.list_pages(""):
-            found.extend(key for key, _ in page[:50])
+            found.extend(key for key, *_ in page[:50])
             if any("/" in key for key in found) or len(found) >= 50:
                 return
 

@@ -52,10 +52,17 @@ async def test_audit_fix_and_audit_again(tmp_path: Path, mastodon_db: MastodonDb
     try:
         config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
                               destination_endpoint=proxy.endpoint, extra={"destination": {"acl": "public-read"}})
-        audit = run_cli("audit", "--headers", "--json", config=config)
-        assert audit.returncode == 1, audit.stderr  # something the database references is missing
-        # Missing: what the earlier copy lost, and what the old bucket never had either.
-        assert findings(audit.stdout, "missing") == bad["missing"] | set(inst.expected(present=False))
+        # Just written, every object is younger than the default --min-age: none is judged an orphan.
+        fresh = run_cli("audit", "--json", config=config)
+        assert fresh.returncode == 1, fresh.stderr
+        assert f"not judged: {len(moto.keys(dst))} objects written less than 60 minutes" in fresh.stderr
+        assert f"orphans: 0 of {len(moto.keys(dst))} keys listed" in fresh.stderr
+        audit = run_cli("audit", "--headers", "--json", "--min-age", "0", config=config)
+        assert audit.returncode == 1, audit.stderr  # the destination lacks what the source has
+        # Absent: what the earlier copy lost (the source has it: a gap). Missing: what the old
+        # bucket never had either (as in run and verify: reported, not an error).
+        assert findings(audit.stdout, "absent") == bad["missing"]
+        assert findings(audit.stdout, "missing") == set(inst.expected(present=False))
         assert findings(audit.stdout, "size-mismatch") == {bad["resized"]}
         assert findings(audit.stdout, "wrong-headers") == bad["wrong_headers"]
         assert findings(audit.stdout, "wrong-acl") == bad["wrong_acl"]
@@ -69,6 +76,8 @@ async def test_audit_fix_and_audit_again(tmp_path: Path, mastodon_db: MastodonDb
         proxy.reset_counters()
         preview = run_cli("fix", "--acl", "--headers", "--dry-run", config=config)
         assert preview.returncode == 1 and proxy.count("CopyObject", "PutObjectAcl") == 0, preview.stderr
+        would = len(bad["wrong_headers"] | bad["wrong_acl"])
+        assert f"fix --dry-run: would fix {would} objects; nothing was changed" in preview.stdout
 
         proxy.reset_counters()
         fixed = run_cli("fix", "--acl", "--headers", config=config)
@@ -77,7 +86,7 @@ async def test_audit_fix_and_audit_again(tmp_path: Path, mastodon_db: MastodonDb
         assert touched == bad["wrong_headers"] | bad["wrong_acl"]  # exactly those, none already right
         assert proxy.count("CopyObject") == len(bad["wrong_headers"])
 
-        again = run_cli("audit", "--headers", "--json", config=config)
+        again = run_cli("audit", "--headers", "--json", "--min-age", "0", config=config)
         assert findings(again.stdout, "wrong-headers") == set() and findings(again.stdout, "wrong-acl") == set()
         for key in bad["wrong_headers"]:
             obj = inst.expected()[key]
@@ -143,6 +152,7 @@ async def test_audit_and_fix_a_folder(tmp_path: Path, mastodon_db: MastodonDb) -
     await instance.seed(inst, mastodon_db, None, "")
     system = tmp_path / "system"
     instance.seed_folder(inst, system)
+    instance.seed_folder(inst, tmp_path / "old")  # the source, where the lost file still is
     hidden = next(k for k, o in sorted(inst.expected().items()) if o.private and o.type == "media_attachments")
     (system / hidden).chmod(0o644)
     lost = next(k for k, o in sorted(inst.expected().items()) if not o.private and o.type == "accounts")
@@ -154,13 +164,51 @@ async def test_audit_and_fix_a_folder(tmp_path: Path, mastodon_db: MastodonDb) -
     config.write_text(to_toml({
         "database": {"host": mastodon_db.server.host, "port": mastodon_db.server.port, "name": mastodon_db.name,
                      "user": mastodon_db.user, "password": mastodon_db.password},
-        "source": {"bucket": "unused"}, "destination": {"kind": "filesystem", "root": str(system)},
+        "source": {"kind": "filesystem", "root": str(tmp_path / "old")},
+        "destination": {"kind": "filesystem", "root": str(system)},
         "sync": {"state_dir": str(tmp_path / "state")}}))
-    audit = run_cli("audit", "--headers", "--json", config=config)
+    audit = run_cli("audit", "--headers", "--json", "--min-age", "0", config=config)
     assert audit.returncode == 1, audit.stderr
     assert findings(audit.stdout, "wrong-acl") == {hidden}
-    assert findings(audit.stdout, "missing") == {lost} | set(inst.expected(present=False))
+    assert findings(audit.stdout, "absent") == {lost}
+    assert findings(audit.stdout, "missing") == set(inst.expected(present=False))
     listed = Path(re.search(r"listed in (\S+\.jsonl)", audit.stderr).group(1))  # type: ignore[union-attr]
     assert {json.loads(line)["key"] for line in listed.read_text().splitlines()} == {*inst.orphans, "stray.txt"}
     fixed = run_cli("fix", "--acl", config=config)
     assert fixed.returncode == 1 and stat.S_IMODE((system / hidden).stat().st_mode) == 0o600
+
+
+async def test_audit_and_fix_the_source_side(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """`--side source` on a bucket and on a folder: read, judged, fixed in place; "missing"
+    there (the old bucket never had it) is reported, not an error."""
+    from tests.conftest import to_toml
+
+    inst = instance.build(mastodon_db.shape, video_size=1000)
+    src = new_bucket(moto, "src")
+    await instance.seed(inst, mastodon_db, moto, src)
+    wrong = next(k for k, o in sorted(inst.expected().items()) if not o.private)
+    moto.put(src, wrong, inst.expected()[wrong].data, "binary/octet-stream", None, acl="private")
+    bucket_config = write_config(tmp_path / "bucket.toml", db=mastodon_db, source=(moto, src),
+                                 destination=(moto, new_bucket(moto, "dst")), extra={"source": {"key_prefix": ""}})
+    audit = run_cli("audit", "--side", "source", "--headers", "--json", "--min-age", "0", config=bucket_config)
+    assert audit.returncode == 0, audit.stderr
+    assert findings(audit.stdout, "missing") == set(inst.expected(present=False))
+    assert wrong in findings(audit.stdout, "wrong-acl") and wrong in findings(audit.stdout, "wrong-headers")
+    fixed = run_cli("fix", "--side", "source", "--acl", "--headers", config=bucket_config)
+    assert fixed.returncode == 0, fixed.stderr + fixed.stdout
+    assert moto.public_read(src, wrong) and moto.get(src, wrong)[1]["ContentType"] != "binary/octet-stream"
+
+    old = tmp_path / "old"
+    instance.seed_folder(inst, old)
+    folder_config = tmp_path / "folder.toml"
+    folder_config.write_text(to_toml({
+        "database": {"host": mastodon_db.server.host, "port": mastodon_db.server.port, "name": mastodon_db.name,
+                     "user": mastodon_db.user, "password": mastodon_db.password},
+        "source": {"kind": "filesystem", "root": str(old)}, "destination": {"kind": "filesystem",
+                                                                            "root": str(tmp_path / "new")},
+        "sync": {"state_dir": str(tmp_path / "state")}}))
+    (tmp_path / "new").mkdir()
+    for command in (["audit", "--headers"], ["fix", "--acl"]):
+        result = run_cli(*command, "--side", "source", config=folder_config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr

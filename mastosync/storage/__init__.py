@@ -67,7 +67,7 @@ class Store(Protocol):
     async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
                             page_size: int = 1000) -> dict[str, int] | None: ...
 
-    def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]: ...
+    def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int, float | None]]]: ...
 
     async def public_read(self, key: str) -> bool: ...
 
@@ -80,8 +80,10 @@ def needs_ssh(*sides: BucketSettings) -> bool:
     return any(side.kind == "sftp" for side in sides)
 
 
-def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None) -> Any:
-    """The store for one side of the copy (to be entered as an async context manager)."""
+def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None,
+               acl: str | None = None) -> Any:
+    """The store for one side of the copy (to be entered as an async context manager); `acl`:
+    what a side other than the destination is written with (fix --side source)."""
     owner = side.owner if isinstance(side, DestinationSettings) else ""
     if side.kind == "filesystem":
         from mastosync.storage.folders import FolderStore
@@ -94,4 +96,4 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
 
         assert tunnel is not None, "an sftp side needs the SSH connection"
         return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)
-    return Bucket(side, pool, timeout, label)
+    return Bucket(side, pool, timeout, label, acl)

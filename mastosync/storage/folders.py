@@ -187,7 +187,7 @@ class FolderStore:
                 pass  # removed meanwhile, or not ours to remove: no reason to fail a listing
         return found
 
-    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]:
+    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int, float | None]]]:
         """Every file under the folder `prefix` with its size, a folder at a time (partial
         files of ours included: they are not objects)."""
         pending = [prefix]
@@ -197,7 +197,8 @@ class FolderStore:
             if entries is None:
                 continue
             pending.extend(f"{folder}{e.name}/" for e in entries if e.is_dir)
-            files = [(f"{folder}{e.name}", e.size) for e in entries if not e.is_dir]
+            files: list[tuple[str, int, float | None]] = [(f"{folder}{e.name}", e.size, e.mtime)
+                                                          for e in entries if not e.is_dir]
             if files:
                 yield files
 

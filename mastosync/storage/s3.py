@@ -140,6 +140,15 @@ def _head(headers: Any, size: int) -> Head:
                 encrypted, _http_time(headers.get("last-modified")))
 
 
+def _iso_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _http_time(value: str | None) -> float | None:
     if not value:
         return None
@@ -232,8 +241,9 @@ class Bucket:
     keeps_metadata = True
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
-                 label: str = "bucket") -> None:
+                 label: str = "bucket", acl: str | None = None) -> None:
         self.settings = settings
+        self.acl = acl  # the ACL of public objects when this is not the destination (fix --side source)
         self.name = settings.bucket
         self.label = label
         self._timeout = timeout
@@ -263,8 +273,7 @@ class Bucket:
 
     def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]:
         """What a PUT of this object sends (a file's `mode` means nothing to a bucket)."""
-        assert isinstance(self.settings, DestinationSettings), "only a destination is written"
-        return upload_extra(self.settings, head, private)
+        return upload_extra(self.settings, head, private, self.acl)
 
     async def __aenter__(self) -> Bucket:
         self._open_transport()
@@ -654,8 +663,8 @@ class Bucket:
 
     # -- audit and fix: the whole bucket, ACLs, headers in place ---------------------------
 
-    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int]]]:
-        """Every key under `prefix` with its size, a ListObjectsV2 page at a time."""
+    async def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int, float | None]]]:
+        """Every key under `prefix` with its size and time of writing, a ListObjectsV2 page at a time."""
         query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url"}
         while True:
             page = await RETRIES.call(functools.partial(self._xml, "GET", None, f"LIST {prefix or '/'}", query))
@@ -663,7 +672,8 @@ class Bucket:
             found = []
             for item in page.findall("Contents"):
                 key = item.findtext("Key") or ""
-                found.append((unquote_plus(key) if encoded else key, int(item.findtext("Size") or 0)))
+                found.append((unquote_plus(key) if encoded else key, int(item.findtext("Size") or 0),
+                              _iso_time(item.findtext("LastModified"))))
             yield found
             token = page.findtext("NextContinuationToken")
             if (page.findtext("IsTruncated") or "").lower() != "true" or not token:
@@ -734,19 +744,22 @@ class _Redo(Exception):
     """Internal: the request is worth sending again at once (region or clock corrected)."""
 
 
-def upload_extra(destination: DestinationSettings, head: Head, private: bool = False) -> dict[str, str]:
-    """Headers of a copied object: the source's stored headers, ACL and class from config.
+def upload_extra(side: BucketSettings, head: Head, private: bool = False, acl: str | None = None) -> dict[str, str]:
+    """Headers of a written object: its stored headers, ACL and class from config.
 
     An object Mastodon keeps private gets `private` instead of the configured ACL, and
-    no ACL at all when none is configured (as Mastodon with S3_PERMISSION="").
+    no ACL at all when none is configured (as Mastodon with S3_PERMISSION=""). A side other
+    than the destination (fix --side source) is written with `acl`, and its own class kept.
     """
+    destination = side if isinstance(side, DestinationSettings) else None
+    acl = acl if acl is not None else destination.acl if destination is not None else ""
     extra: dict[str, str] = dict(head.metadata)
     if head.content_type:
         extra["content-type"] = head.content_type
     if head.cache_control:
         extra["cache-control"] = head.cache_control
-    if destination.acl:
-        extra["x-amz-acl"] = "private" if private else destination.acl
-    if destination.storage_class:
+    if acl:
+        extra["x-amz-acl"] = "private" if private else acl
+    if destination is not None and destination.storage_class:
         extra["x-amz-storage-class"] = destination.storage_class
     return extra
