@@ -164,8 +164,9 @@ def cli(config_path: str | None) -> None:
     catch up, then `verify --all`. Already migrated with another tool: `audit`, `fix`.
 
     Exit codes: 0 success; 1 objects failed to copy, verify or audit found gaps, an
-    endpoint went down or a disk filled up; 2 bad usage, bad configuration or an
-    unreachable service; 130 Ctrl-C; 143 SIGTERM.
+    endpoint went down or a disk filled up; 2 bad usage, bad configuration, a source
+    setting pointing at the wrong place, or an unreachable service; 70 an internal error
+    (a defect: traceback in a file under sync.state_dir); 130 Ctrl-C; 143 SIGTERM.
     """
 
 
