@@ -53,6 +53,16 @@ class DatabaseSettings:
     user: str = _opt("mastodon")
     password: str = _opt("", secret=True)
     connect_timeout: float = _opt(15.0, min=0.1, max=600)
+    # TLS to PostgreSQL, as libpq's sslmode: managed databases (RDS, DigitalOcean, Scaleway,
+    # Azure) require it. verify-ca and verify-full check the server's certificate against
+    # sslrootcert (else the system's CAs); verify-full its name too.
+    sslmode: str = _opt("prefer", choices=("disable", "allow", "prefer", "require", "verify-ca", "verify-full"))
+    sslrootcert: str = _opt("", parse="path")
+
+    @property
+    def is_socket(self) -> bool:
+        """host is a folder holding PostgreSQL's Unix socket (/var/run/postgresql), as libpq takes it."""
+        return self.host.startswith("/")
 
 
 @dataclass(frozen=True)
@@ -445,6 +455,8 @@ def _check_together(settings: Settings) -> None:
                                                  "not both")
         if side.ca_bundle and not Path(side.ca_bundle).is_file():
             raise ConfigError(f"{name}.ca_bundle", f"no such file: {side.ca_bundle}")
+    if settings.database.sslrootcert and not Path(settings.database.sslrootcert).is_file():
+        raise ConfigError("database.sslrootcert", f"no such file: {settings.database.sslrootcert}")
     if settings.ssh.enabled:
         for key in ("host", "user"):
             if not getattr(settings.ssh, key):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -83,6 +84,20 @@ class Database:
         s = self.settings
         return f"{s.user}@{s.host}:{s.port}/{s.name}"
 
+    def _tls(self) -> ssl.SSLContext | str | bool:
+        """asyncpg's `ssl` for database.sslmode: libpq's mode names, and for the verifying modes a
+        context on sslrootcert (else the system's CAs). A socket takes no TLS (libpq's rule too)."""
+        s = self.settings
+        if s.is_socket and self._endpoint is None:
+            return False
+        if s.sslmode not in ("verify-ca", "verify-full"):
+            return s.sslmode
+        context = ssl.create_default_context(cafile=s.sslrootcert or None)
+        # Through the SSH tunnel the name connected to is the tunnel's 127.0.0.1: the chain is
+        # still checked, the name cannot be.
+        context.check_hostname = s.sslmode == "verify-full" and self._endpoint is None
+        return context
+
     async def connection(self) -> asyncpg.Connection:
         """The open connection, connecting first if needed; errors become DatabaseError."""
         if self._conn is not None and not self._conn.is_closed():
@@ -92,15 +107,23 @@ class Database:
         try:
             self._conn = await asyncpg.connect(
                 host=host, port=port, user=s.user, password=s.password or None, database=s.name,
-                timeout=s.connect_timeout,
+                timeout=s.connect_timeout, ssl=self._tls(),
                 server_settings={"application_name": "mastosync"},
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise DatabaseError(f"database {self._describe()}: the server's TLS certificate does not verify "
+                                f"({exc.verify_message}); check database.sslrootcert (your provider's CA "
+                                "certificate) and database.sslmode") from None
+        except ssl.SSLError as exc:
+            raise DatabaseError(f"database {self._describe()}: TLS failed ({exc.reason or exc}); check "
+                                "database.sslmode") from None
         except asyncpg.InvalidPasswordError:
             raise DatabaseError(f"database {self._describe()}: password authentication failed") from None
         except asyncpg.InvalidCatalogNameError:
             raise DatabaseError(f"database {self._describe()}: database {s.name!r} does not exist") from None
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
-            raise DatabaseError(f"database {self._describe()}: login refused: {exc}") from None
+            hint = "; the server requires TLS: set database.sslmode" if "no encryption" in str(exc) else ""
+            raise DatabaseError(f"database {self._describe()}: login refused: {exc}{hint}") from None
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             reason = str(exc) or type(exc).__name__
             raise DatabaseError(f"database {self._describe()}: cannot connect: {reason}") from None
@@ -138,6 +161,11 @@ class Database:
                 raise DatabaseError(
                     f"database {self._describe()}: table {table!r} not found; is this Mastodon's database?"
                 )
+            if not await conn.fetchval("SELECT has_table_privilege(to_regclass($1), 'SELECT')", table):
+                # Found now, in one line, rather than as a traceback halfway through a run.
+                raise DatabaseError(f"database {self._describe()}: the role {self.settings.user!r} may not read "
+                                    f"the table {table}; as its owner or a superuser: GRANT SELECT ON {table} TO "
+                                    f"{self.settings.user};")
             self._columns[table] = {r["attname"] for r in rows}
         return self._columns[table]
 

@@ -121,22 +121,30 @@ class Tunnel:
             self._conn, self._client = conn, client
             self.connects += 1
             return
+        # database.host a folder: PostgreSQL's Unix socket on the host (Mastodon's standard
+        # install, DB_HOST=/var/run/postgresql), reached by forwarding to the socket's path.
+        target = f"{db.host.rstrip('/')}/.s.PGSQL.{db.port}" if db.is_socket else f"{db.host}:{db.port}"
         try:
             # Probe once: a server that forbids forwarding says so here, not as a puzzling
             # database error later.
-            _, writer = await conn.open_connection(db.host, db.port)
-            writer.close()
-            listener = await conn.forward_local_port("127.0.0.1", 0, db.host, db.port)
+            if db.is_socket:
+                _, writer = await conn.open_unix_connection(target)
+                writer.close()
+                listener = await conn.forward_local_port_to_path("127.0.0.1", 0, target)
+            else:
+                _, writer = await conn.open_connection(db.host, db.port)
+                writer.close()
+                listener = await conn.forward_local_port("127.0.0.1", 0, db.host, db.port)
         except asyncssh.ChannelOpenError as exc:
             conn.close()
             if exc.code == asyncssh.OPEN_CONNECT_FAILED:  # forwarding allowed, nothing listening there
                 raise TunnelError(
-                    f"SSH {self.where}: the SSH server cannot reach the database at {db.host}:{db.port} "
+                    f"SSH {self.where}: the SSH server cannot reach the database at {target} "
                     f"({exc.reason}); check database.host and database.port as seen from the SSH server"
                 ) from None
             raise TunnelError(
-                f"SSH {self.where}: the server refused to forward to {db.host}:{db.port} ({exc.reason}); "
-                "check AllowTcpForwarding in its sshd_config"
+                f"SSH {self.where}: the server refused to forward to {target} ({exc.reason}); "
+                f"check {'AllowStreamLocalForwarding' if db.is_socket else 'AllowTcpForwarding'} in its sshd_config"
             ) from None
         except (OSError, asyncssh.Error) as exc:
             conn.close()

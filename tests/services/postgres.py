@@ -37,9 +37,11 @@ def bindir() -> Path:
 
 
 class PostgresServer:
-    """A cluster with password authentication over TCP on 127.0.0.1."""
+    """A cluster with password authentication over TCP on 127.0.0.1 (and trust on its Unix
+    socket in `root`). With `tls` (certificate, key): TLS on, and TCP logins without it refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls
         self.bin = bindir()
         self.port = free_port()
         self.host = "127.0.0.1"
@@ -78,10 +80,23 @@ class PostgresServer:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                   "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                   "-E", "UTF8", "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C")
+        tls = ""
+        if self.tls is not None:
+            cert, key = (self.data / "server.crt", self.data / "server.key")
+            shutil.copy(self.tls[0], cert)
+            shutil.copy(self.tls[1], key)
+            key.chmod(0o600)
+            if self.as_root:
+                user = pwd.getpwnam("postgres")
+                for path in (cert, key):
+                    os.chown(path, user.pw_uid, user.pw_gid)
+            hba = self.data / "pg_hba.conf"
+            hba.write_text(hba.read_text().replace("\nhost ", "\nhostssl "))
+            tls = " -c ssl=on"
         self.restart_cmd = [
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
             "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                  "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                  f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200{tls}",
         ]
         self._run(*self.restart_cmd[:1], "start", *self.restart_cmd[1:])
         if not port_open(self.port):

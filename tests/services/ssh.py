@@ -159,6 +159,9 @@ async def _serve(port: int, root: Path) -> None:
                 raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding prohibited")
             return True
 
+        def unix_connection_requested(self, dest_path: str) -> bool:
+            return True  # direct-streamlocal, as OpenSSH allows it: PostgreSQL's socket on the host
+
     def drop_all() -> None:
         for conn in list(connections):
             conn.abort()
