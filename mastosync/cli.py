@@ -438,12 +438,15 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
         except OSError as exc:
             raise UsageError(f"cannot read {env_path}: {exc.strerror}") from None
     where = env_path if over_ssh else str(Path(env_path).expanduser().resolve())
-    text, to_set = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), where,
-                                               over_ssh)
-    target.write_text(text)
-    click.echo(f"wrote {target.resolve()}: fill in [destination], then set these variables (the values are "
-               "in the env file):")
-    for name in to_set:
+    made = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), where, over_ssh)
+    target.write_text(made.text)
+    click.echo(f"wrote {target.resolve()} from {where}:")
+    for variable, setting in made.used:
+        click.echo(f"  {variable} -> {setting}")
+    if made.unused:
+        click.echo("not used: " + ", ".join(made.unused))
+    click.echo("fill in [destination], then set these variables (the values are in the env file):")
+    for name in made.to_set:
         click.echo(f"  {name}")
 
 

@@ -101,6 +101,11 @@ class BucketSettings:
     addressing_style: str = _opt("path", choices=("path", "virtual", "auto"))
     profile: str = _opt("")  # a profile of ~/.aws/config and ~/.aws/credentials, instead of keys
     ca_bundle: str = _opt("", parse="path")  # PEM file of CAs to trust (else AWS_CA_BUNDLE, else the system's)
+    # The public base URL of the bucket's media when it is not the endpoint: a CDN, the alias
+    # host (S3_ALIAS_HOST), or the public domain of an R2 bucket (whose S3 API host serves
+    # nothing publicly). The destination's becomes S3_ALIAS_HOST in the cut-over settings;
+    # the source's stays allowed in EXTRA_MEDIA_HOSTS.
+    public_url: str = _opt("")
 
     @property
     def is_folder(self) -> bool:
@@ -121,10 +126,6 @@ class BucketSettings:
 class DestinationSettings(BucketSettings):
     acl: str = _opt("public-read", choices=ACLS)
     storage_class: str = _opt("")
-    # The public base URL of the new bucket when it is not the endpoint: a CDN, or the custom
-    # or public domain of an R2 bucket (whose S3 API host serves nothing publicly). Becomes
-    # S3_ALIAS_HOST in the cut-over settings.
-    public_url: str = _opt("")
     # A folder destination's files are given to this user (and group): "mastodon",
     # "mastodon:www-data" or "991:991". Needs root (locally, or as the SSH user).
     owner: str = _opt("")
@@ -437,9 +438,10 @@ def _check_together(settings: Settings) -> None:
             raise ConfigError(f"{name}.bucket", "required for kind = \"s3\" (or set kind and root for a folder)")
         if side.root:
             raise ConfigError(f"{name}.root", f"applies to kind = \"filesystem\" or \"sftp\", not {side.kind!r}")
-    public_url = settings.destination.public_url
-    if public_url and not re.match(r"^https?://[^/\s@]+", public_url, re.IGNORECASE):
-        raise ConfigError("destination.public_url", "expected the public base URL of the new bucket, such as "
+    for name in ("source", "destination"):
+        public_url = getattr(settings, name).public_url
+        if public_url and not re.match(r"^https?://[^/\s@]+", public_url, re.IGNORECASE):
+            raise ConfigError(f"{name}.public_url", "expected the public base URL of the bucket's media, such as "
                                                     "https://media.example.org (a CDN or the bucket's public domain)")
     if settings.destination.owner and not settings.destination.is_folder:
         raise ConfigError("destination.owner", "applies to a folder destination (kind = \"filesystem\" or "

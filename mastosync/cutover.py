@@ -35,9 +35,8 @@ def _prefixed(side: BucketSettings) -> str:
 def public_base(side: BucketSettings) -> str:
     """The URL under which the side's objects are served publicly, ending in "/": its public_url
     (a CDN, a bucket's public domain), else the path-style URL Mastodon builds."""
-    public_url = side.public_url if isinstance(side, DestinationSettings) else ""
-    if public_url:
-        return f"{public_url.rstrip('/')}/{_prefixed(side)}"
+    if side.public_url:
+        return f"{side.public_url.rstrip('/')}/{_prefixed(side)}"
     protocol, hostname = _protocol_and_hostname(side)
     return f"{protocol}://{hostname}/{side.bucket}/{_prefixed(side)}"
 

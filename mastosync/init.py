@@ -2,9 +2,11 @@
 
 The env file is read as dotenv does (comments, `export`, single and double quotes,
 escapes in double quotes, values with `=`, inline ` #` comments on unquoted values).
-`[database]` and `[source]` are filled in from DB_* and S3_*; secrets (DB_PASS, the AWS
-keys) never go into the file: the MASTOSYNC_* variables to set are listed instead, by
-name only. `[destination]` is left for the admin to fill in.
+`[database]` and `[source]` are filled in from DATABASE_URL (which Rails prefers) or DB_*,
+and S3_*; secrets (DB_PASS, the AWS keys) never go into the file: the MASTOSYNC_* variables
+to set are listed instead, by name only. `[destination]` is left for the admin to fill in.
+What each variable became is returned for `init` to print, with the relevant variables it
+did not use.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*)$")
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
@@ -64,60 +68,147 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))
 
 
-def config_from_env(env: dict[str, str], source_name: str, over_ssh: bool = False) -> tuple[str, list[str]]:
-    """(the TOML text, the MASTOSYNC_* variables to set for the secrets it left out).
+@dataclass
+class FromEnv:
+    """What `init` made of the env file: the TOML, the variables to set for the secrets it
+    left out, which variable became which setting, and the relevant ones it did not use."""
 
-    An instance on local storage (S3_ENABLED not true) gets a folder source: its
-    PAPERCLIP_ROOT_PATH, else public/system beside the env file (Mastodon's default),
-    read over SFTP when the env file was (`over_ssh`)."""
-    to_set: list[str] = []
+    text: str
+    to_set: list[str]
+    used: list[tuple[str, str]] = field(default_factory=list)  # (variable, setting)
+    unused: list[str] = field(default_factory=list)
+
+
+# Variables an admin may wonder about: every one of these is either used or named as not used.
+RELEVANT = re.compile(r"^(DB_|DATABASE_URL$|S3_|AWS_|PAPERCLIP_|CDN_HOST$|EXTRA_MEDIA_HOSTS$)")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def database_from_url(url: str) -> dict[str, str]:
+    """DATABASE_URL (postgres[ql]://user:password@host:port/name?sslmode=…&host=/socket) → DB_* values."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    found = {"DB_USER": unquote(parts.username or ""), "DB_PASS": unquote(parts.password or ""),
+             "DB_HOST": unquote(parts.hostname or "") or query.get("host", ""),
+             "DB_PORT": str(parts.port or query.get("port", "")), "DB_NAME": unquote(parts.path.lstrip("/")),
+             "DB_SSLMODE": query.get("sslmode", "")}
+    return {k: v for k, v in found.items() if v}
+
+
+def config_from_env(env: dict[str, str], source_name: str, over_ssh: bool = False) -> FromEnv:
+    """The configuration `env` describes. An instance on local storage (S3_ENABLED not true)
+    gets a folder source: its PAPERCLIP_ROOT_PATH, else public/system beside the env file
+    (Mastodon's default), read over SFTP when the env file was (`over_ssh`)."""
+    made = FromEnv("", [])
+
+    def use(variable: str, setting: str) -> None:
+        made.used.append((variable, setting))
+
     lines = [f"# Written by `mastosync init --from-env {source_name}`. Secrets are not in this file:",
              "# set the MASTOSYNC_* variables listed when it was written (or add them here).", "",
              "[database]"]
-    for key, name in (("DB_HOST", "host"), ("DB_NAME", "name"), ("DB_USER", "user")):
-        if env.get(key):
-            lines.append(f"{name} = {_toml(env[key])}")
-    if env.get("DB_PORT", "").isdigit():
-        lines.append(f"port = {int(env['DB_PORT'])}")
-    if env.get("DB_PASS"):
-        to_set.append("MASTOSYNC_DATABASE_PASSWORD  (DB_PASS in the env file)")
+    # Rails takes DATABASE_URL over config/database.yml (DB_*): so does mastosync.
+    database = {k: v for k, v in env.items() if k.startswith("DB_")}
+    url_values = database_from_url(env["DATABASE_URL"]) if env.get("DATABASE_URL") else {}
+    database.update(url_values)
+
+    def origin(key: str) -> str:
+        return "DATABASE_URL" if key in url_values else key
+
+    # Mastodon's defaults in production (config/database.yml), written out: mastosync's own
+    # defaults must never quietly point at another database.
+    for key, name, default in (("DB_HOST", "host", "localhost"), ("DB_NAME", "name", "mastodon_production"),
+                               ("DB_USER", "user", "mastodon")):
+        value = database.get(key) or default
+        lines.append(f"{name} = {_toml(value)}" + ("   # the Unix socket's folder" if value.startswith("/") else ""))
+        use(origin(key) if database.get(key) else f"(Mastodon's default for {key})", f"database.{name}")
+    port = database.get("DB_PORT", "")
+    if port.isdigit():
+        lines.append(f"port = {int(port)}")
+        use(origin("DB_PORT"), "database.port")
+    sslmode = database.get("DB_SSLMODE", "")
+    if sslmode in SSLMODES:
+        lines.append(f"sslmode = {_toml(sslmode)}")
+        use(origin("DB_SSLMODE"), "database.sslmode")
+    if database.get("DB_PASS"):
+        made.to_set.append(f"MASTOSYNC_DATABASE_PASSWORD  (the password in {origin('DB_PASS')})")
+        use(origin("DB_PASS"), "MASTOSYNC_DATABASE_PASSWORD (to set)")
     if env.get("S3_ENABLED", "").lower() != "true":
         root = env.get("PAPERCLIP_ROOT_PATH") or posixpath.join(posixpath.dirname(source_name) or ".",
                                                                 "public", "system")
+        if env.get("PAPERCLIP_ROOT_PATH"):
+            use("PAPERCLIP_ROOT_PATH", "source.root")
         lines += ["", "[source]", "# S3_ENABLED is not true: this Mastodon keeps its files on local disk.",
                   f"kind = {_toml('sftp' if over_ssh else 'filesystem')}"
                   + ("   # on the [ssh] host, through the same login" if over_ssh else ""),
                   f"root = {_toml(root)}   # PAPERCLIP_ROOT_PATH, else public/system beside .env.production"]
-        return _with_destination(lines, env, to_set)
+        return _finish(made, lines, env)
+    use("S3_ENABLED", "source.kind = \"s3\"")
     lines += ["", "[source]", "# The bucket Mastodon uses today."]
     lines.append(f"bucket = {_toml(env.get('S3_BUCKET', 'CHANGE-ME'))}")
+    if env.get("S3_BUCKET"):
+        use("S3_BUCKET", "source.bucket")
     if env.get("S3_ENDPOINT"):
         lines.append(f"endpoint = {_toml(env['S3_ENDPOINT'])}")
+        use("S3_ENDPOINT", "source.endpoint")
         # paperclip.rb: force_path_style unless S3_OVERRIDE_PATH_STYLE is true.
         style = "virtual" if env.get("S3_OVERRIDE_PATH_STYLE", "").lower() == "true" else "path"
         lines.append(f"addressing_style = {_toml(style)}")
+        if "S3_OVERRIDE_PATH_STYLE" in env:
+            use("S3_OVERRIDE_PATH_STYLE", "source.addressing_style")
     else:
         lines.append('addressing_style = "auto"   # AWS, without S3_ENDPOINT')
     lines.append(f"region = {_toml(env.get('S3_REGION', 'us-east-1'))}")
+    if "S3_REGION" in env:
+        use("S3_REGION", "source.region")
     if "S3_KEY_PREFIX" in env:
         lines.append(f"key_prefix = {_toml(env['S3_KEY_PREFIX'])}   # S3_KEY_PREFIX, verbatim")
+        use("S3_KEY_PREFIX", "source.key_prefix")
+    public = _public_url(env)
+    if public:
+        lines.append(f"public_url = {_toml(public)}   # where its media are served: EXTRA_MEDIA_HOSTS after the cut-over")
+        for variable in ("S3_ALIAS_HOST", "S3_CLOUDFRONT_HOST", "S3_HOSTNAME", "S3_PROTOCOL"):
+            if env.get(variable):
+                use(variable, "source.public_url")
     for key, name in (("AWS_ACCESS_KEY_ID", "ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "SECRET_ACCESS_KEY")):
         if env.get(key):
-            to_set.append(f"MASTOSYNC_SOURCE_{name}  ({key} in the env file)")
-    if "S3_PERMISSION" in env:
-        lines.append(f"# S3_PERMISSION={env['S3_PERMISSION']!r}: give the destination the same acl below")
-    if env.get("S3_ALIAS_HOST") or env.get("S3_CLOUDFRONT_HOST"):
-        alias = env.get("S3_ALIAS_HOST") or env.get("S3_CLOUDFRONT_HOST")
-        lines.append(f"# S3_ALIAS_HOST={alias}: keep it in EXTRA_MEDIA_HOSTS after the cut-over "
-                     "(`mastosync cutover`)")
-    return _with_destination(lines, env, to_set)
+            made.to_set.append(f"MASTOSYNC_SOURCE_{name}  ({key} in the env file)")
+            use(key, f"MASTOSYNC_SOURCE_{name} (to set)")
+    return _finish(made, lines, env)
 
 
-def _with_destination(lines: list[str], env: dict[str, str], to_set: list[str]) -> tuple[str, list[str]]:
+def _public_url(env: dict[str, str]) -> str:
+    """The base URL of the old media, as paperclip.rb builds it: the alias host, or S3_HOSTNAME
+    (only when set: the AWS default needs no word)."""
+    protocol = env.get("S3_PROTOCOL") or "https"
+    alias = env.get("S3_ALIAS_HOST") or env.get("S3_CLOUDFRONT_HOST")
+    if alias:
+        return f"{protocol}://{alias}"
+    if env.get("S3_HOSTNAME"):
+        return f"{protocol}://{env['S3_HOSTNAME']}/{env.get('S3_BUCKET', '')}".rstrip("/")
+    return ""
+
+
+def _finish(made: FromEnv, lines: list[str], env: dict[str, str]) -> FromEnv:
+    """[destination] and [sync], and the relevant variables that were not used."""
+    used = lambda variable: any(v == variable for v, _ in made.used)  # noqa: E731
+    acl = env.get("S3_PERMISSION", "public-read")
     lines += ["", "[destination]", "# The new bucket: fill these in.", 'bucket = "CHANGE-ME-NEW"',
               'endpoint = ""               # e.g. "https://<account>.r2.cloudflarestorage.com"',
               'region = "us-east-1"',
-              f"acl = {_toml(env.get('S3_PERMISSION', 'public-read'))}   # as S3_PERMISSION; \"\" sends no ACL",
-              'key_prefix = ""', ""]
-    to_set += ["MASTOSYNC_DESTINATION_ACCESS_KEY_ID", "MASTOSYNC_DESTINATION_SECRET_ACCESS_KEY"]
-    return "\n".join(lines), to_set
+              f"acl = {_toml(acl)}   # as S3_PERMISSION; \"\" sends no ACL",
+              'key_prefix = ""']
+    if "S3_PERMISSION" in env:
+        made.used.append(("S3_PERMISSION", "destination.acl"))
+    if env.get("S3_STORAGE_CLASS"):
+        lines.append(f"storage_class = {_toml(env['S3_STORAGE_CLASS'])}   # S3_STORAGE_CLASS")
+        made.used.append(("S3_STORAGE_CLASS", "destination.storage_class"))
+    threshold = env.get("S3_MULTIPART_THRESHOLD", "")
+    if threshold.isdigit() and int(threshold) >= 5 * 1024 * 1024:
+        lines += ["", "[sync]", f"multipart_threshold = {int(threshold)}   # S3_MULTIPART_THRESHOLD"]
+        made.used.append(("S3_MULTIPART_THRESHOLD", "sync.multipart_threshold"))
+    lines.append("")
+    made.to_set += ["MASTOSYNC_DESTINATION_ACCESS_KEY_ID", "MASTOSYNC_DESTINATION_SECRET_ACCESS_KEY"]
+    made.unused = sorted(k for k in env if RELEVANT.match(k) and not used(k))
+    made.text = "\n".join(lines)
+    return made

@@ -71,7 +71,11 @@ def test_init_writes_a_config_without_secrets(tmp_path: Path) -> None:
         "files-example", "https://s3.eu-central-1.wasabisys.com", "eu-central-1")
     assert settings.source.key_prefix == "mastodon/" and settings.source.addressing_style == "path"
     assert settings.destination.acl == ""  # S3_PERMISSION= (empty): no ACL, as Mastodon
-    assert "S3_ALIAS_HOST=files.example.social" in text
+    assert settings.source.public_url == "https://files.example.social"  # the old media host
+    for said in ("DB_HOST -> database.host", "S3_ALIAS_HOST -> source.public_url",
+                 "S3_PERMISSION -> destination.acl", "DB_PASS -> MASTOSYNC_DATABASE_PASSWORD (to set)"):
+        assert said in result.stdout, said
+    assert "not used: " not in result.stdout  # every relevant variable of this file has a use
     again = run_cli("init", "--from-env", str(env), "--output", str(target))
     assert again.returncode == 2 and "not overwriting" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
@@ -109,3 +113,34 @@ def test_init_for_an_instance_on_local_storage(tmp_path: Path, extra: str, root:
     settings = config.load(target, environ={})
     assert settings.source.kind == "filesystem"
     assert settings.source.root == root.format(live=live)
+
+
+@pytest.mark.parametrize("env,database,sslmode", [
+    # DATABASE_URL wins over DB_*, as in Rails.
+    ("DATABASE_URL=postgres://app:pw%40x@db.example.com:6543/mastodon_live?sslmode=require\nDB_HOST=stale\n",
+     ("db.example.com", 6543, "mastodon_live", "app"), "require"),
+    # The standard install: the Unix socket's folder.
+    ("DB_HOST=/var/run/postgresql\nDB_USER=mastodon\nDB_NAME=mastodon_production\nDB_SSLMODE=disable\n",
+     ("/var/run/postgresql", 5432, "mastodon_production", "mastodon"), "disable"),
+    # Nothing at all: Mastodon's own defaults, written out (never mastosync's).
+    ("LOCAL_DOMAIN=example.social\n", ("localhost", 5432, "mastodon_production", "mastodon"), "prefer"),
+])
+def test_init_reads_the_database_as_mastodon_does(tmp_path: Path, env: str, database: tuple, sslmode: str) -> None:
+    path = tmp_path / ".env.production"
+    path.write_text(env + "S3_ENABLED=true\nS3_BUCKET=b\nS3_STORAGE_CLASS=STANDARD_IA\nS3_PROTOCOL=https\n"
+                          "S3_HOSTNAME=s3.example.com\nS3_MULTIPART_THRESHOLD=52428800\nS3_OPEN_TIMEOUT=10\n")
+    target = tmp_path / "config.toml"
+    result = run_cli("init", "--from-env", str(path), "--output", str(target))
+    assert result.returncode == 0, result.stderr
+    settings = config.load(target, environ={})
+    d = settings.database
+    assert (d.host, d.port, d.name, d.user, d.sslmode) == (*database, sslmode)
+    assert "pw@x" not in target.read_text() and "pw@x" not in result.stdout
+    if "DATABASE_URL" in env:
+        assert "DATABASE_URL -> database.host" in result.stdout
+        assert "MASTOSYNC_DATABASE_PASSWORD  (the password in DATABASE_URL)" in result.stdout
+        assert "DB_HOST" in result.stdout.split("not used: ", 1)[1]  # overridden, and said so
+    assert settings.destination.storage_class == "STANDARD_IA"
+    assert settings.sync.multipart_threshold == 52428800
+    assert settings.source.public_url == "https://s3.example.com/b"
+    assert "S3_OPEN_TIMEOUT" in result.stdout.split("not used: ", 1)[1]
