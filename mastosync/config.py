@@ -261,7 +261,14 @@ def load(path: Path, environ: typing.Mapping[str, str] | None = None) -> Setting
     for name in ("source", "destination"):
         sections[name] = _with_root(sections[name], path.expanduser().resolve().parent)
     settings = Settings(path=path, **sections)
-    _check_together(settings)
+    try:
+        _check_together(settings)
+    except ConfigError as exc:
+        # A value from the environment is named by its variable: it is in no file to look at.
+        section, _, key = (exc.key or "").partition(".")
+        if key and _env_name(section, key) in environ:
+            raise ConfigError(f"{_env_name(section, key)} (the environment's {exc.key})", exc.problem) from None
+        raise
     return settings
 
 
@@ -375,7 +382,8 @@ def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) 
 
 def _from_env(where: str, text: str, kind: type, meta: typing.Mapping[str, Any]) -> Any:
     """An environment string → the field's type, with the same errors as the file."""
-    env_where = f"{where} (from the environment)"
+    section, _, key = where.partition(".")
+    env_where = f"{_env_name(section, key)} (the environment's {where})"
     if meta.get("parse") in ("size", "duration") or kind is str:
         return _coerce(env_where, text, kind, meta)
     if kind is bool:
@@ -418,6 +426,17 @@ def _place(side: BucketSettings) -> tuple[str, str, str]:
             side.key_prefix)
 
 
+def _same_folder(a: BucketSettings, b: BucketSettings) -> bool:
+    """Two local roots that are one folder under two names (a symlink, a bind mount)."""
+    if not a.kind == b.kind == "filesystem":
+        return False
+    try:
+        first, second = os.stat(a.root), os.stat(b.root)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
 def _check_together(settings: Settings) -> None:
     """Rules that involve more than one key."""
     for name in ("source", "destination"):
@@ -446,10 +465,15 @@ def _check_together(settings: Settings) -> None:
     if settings.destination.owner and not settings.destination.is_folder:
         raise ConfigError("destination.owner", "applies to a folder destination (kind = \"filesystem\" or "
                                                "\"sftp\"); in a bucket, access is the ACL's business")
-    if _place(settings.source) == _place(settings.destination):
+    if _place(settings.source) == _place(settings.destination) or _same_folder(settings.source, settings.destination):
         what = "folder" if settings.source.is_folder else "bucket and key prefix"
         raise ConfigError("destination", f"is the same {what} as the source: every object would "
                                          "be skipped as already there (use another bucket, key_prefix or root)")
+    if settings.source.kind == settings.destination.kind == "filesystem":
+        source, destination = (os.path.realpath(s.root) for s in (settings.source, settings.destination))
+        if destination.startswith(source.rstrip("/") + "/"):
+            raise ConfigError("destination.root", f"is inside the source folder ({settings.source.root}): the "
+                                                  "copies would land among the files they are copied from")
     for name in ("source", "destination"):
         side = getattr(settings, name)
         if side.profile and (side.access_key_id or side.secret_access_key):

@@ -12,16 +12,18 @@ import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mastosync import layout, records
 from mastosync.config import Settings
+from mastosync.errors import ConfigError
 from mastosync.plan import Annotate, learn_sizes
 from mastosync.progress import Stats
 from mastosync.request import Request, filters_for
 from mastosync.state import TypeProgress
 from mastosync.storage import Store, make_store, needs_ssh
 from mastosync.storage.base import Head
+from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:
     from mastosync.tunnel import Tunnel
@@ -54,6 +56,18 @@ async def open_database(settings: Settings, tunnel: Tunnel | None = None) -> Asy
         yield db
 
 
+
+
+async def refuse_one_bucket_twice(settings: Settings, source: Store, destination: Store) -> None:
+    """The same bucket and prefix on both sides under two spellings of its endpoint: the
+    configuration cannot tell (config._place compares what is written), a probe can."""
+    a, b = settings.source, settings.destination
+    if not (a.kind == b.kind == "s3" and a.bucket == b.bucket and a.key_prefix == b.key_prefix):
+        return
+    if await cast(Bucket, source).holds_upload_of(cast(Bucket, destination)):
+        raise ConfigError("destination", f"is the source's bucket {a.bucket!r} under another address "
+                                         f"({b.endpoint or 'AWS'} and {a.endpoint or 'AWS'}): every object would be "
+                                         "skipped as already there")
 
 
 @dataclass
@@ -120,6 +134,8 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
+    if write and only is None:
+        await refuse_one_bucket_twice(settings, source, destination)
     stats = {name: Stats(name) for name in request.types}
     for name, query in queries.items():
         s = stats[name]

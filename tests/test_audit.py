@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from tests.services.faultproxy import FaultProxy
 from tests.services.s3 import S3Server
 
 MASTODON_CC = "public, max-age=315576000, immutable"
+# As root, a folder destination needs its owner said (even "root").
+ROOT_OWNER = {"owner": "root"} if os.geteuid() == 0 else {}
 
 
 async def badly_migrated(tmp_path: Path, db: MastodonDb, s3: S3Server) -> tuple[instance.Instance, str, str, dict]:
@@ -165,7 +168,7 @@ async def test_audit_and_fix_a_folder(tmp_path: Path, mastodon_db: MastodonDb) -
         "database": {"host": mastodon_db.server.host, "port": mastodon_db.server.port, "name": mastodon_db.name,
                      "user": mastodon_db.user, "password": mastodon_db.password},
         "source": {"kind": "filesystem", "root": str(tmp_path / "old")},
-        "destination": {"kind": "filesystem", "root": str(system)},
+        "destination": {"kind": "filesystem", "root": str(system), **ROOT_OWNER},
         "sync": {"state_dir": str(tmp_path / "state")}}))
     audit = run_cli("audit", "--headers", "--json", "--min-age", "0", config=config)
     assert audit.returncode == 1, audit.stderr
@@ -204,8 +207,8 @@ async def test_audit_and_fix_the_source_side(tmp_path: Path, mastodon_db: Mastod
     folder_config.write_text(to_toml({
         "database": {"host": mastodon_db.server.host, "port": mastodon_db.server.port, "name": mastodon_db.name,
                      "user": mastodon_db.user, "password": mastodon_db.password},
-        "source": {"kind": "filesystem", "root": str(old)}, "destination": {"kind": "filesystem",
-                                                                            "root": str(tmp_path / "new")},
+        "source": {"kind": "filesystem", "root": str(old)},
+        "destination": {"kind": "filesystem", "root": str(tmp_path / "new"), **ROOT_OWNER},
         "sync": {"state_dir": str(tmp_path / "state")}}))
     (tmp_path / "new").mkdir()
     for command in (["audit", "--headers"], ["fix", "--acl"]):

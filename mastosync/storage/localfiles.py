@@ -88,6 +88,13 @@ class LocalWriter:
         os.close(self._fd)
         self._fd = -1
         os.rename(self._temporary, self._final)
+        # The rename is in the folder's entries: without this, a power cut could lose a file
+        # the resume state already counts as copied.
+        folder = os.open(os.path.dirname(self._final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     async def discard(self) -> None:
         await asyncio.shield(self._files.loop_run(self._discard))
@@ -160,6 +167,8 @@ class LocalFiles:
                 os.mkdir(path, 0o755)
             except FileExistsError:
                 continue
+            # 0755 whatever the umask: under umask 077 nginx would answer 403 for every file.
+            os.chmod(path, 0o755)
             if self.owner is not None:
                 os.chown(path, *self.owner)
 
@@ -187,6 +196,10 @@ class LocalFiles:
             raise FolderError(f"{where} cannot be read ({exc.strerror})") from None
         if not write:
             return
+        if os.geteuid() == 0 and not self.owner_text:
+            raise FolderError(f"{self.name}.owner is not set and mastosync runs as root: every file and folder "
+                              "would be root's, and Mastodon could not add to them; set it to the user Mastodon "
+                              f"runs as ({self.name}.owner = \"mastodon\"), or \"root\" if that is really meant")
         if self.owner_text:
             self.owner = resolve_owner(self.owner_text)
         probe = os.path.join(self.root, f".mastosync-write-check.{os.getpid()}")

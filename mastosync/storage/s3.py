@@ -510,6 +510,23 @@ class Bucket:
             raise BucketError(self._explain(exc, "abort of a multipart upload (AbortMultipartUpload); uploads "
                                                  "that fail would be left open and billed")) from None
 
+    async def holds_upload_of(self, other: Bucket) -> bool | None:
+        """Whether `other` is this very bucket under another address (localhost and 127.0.0.1, an
+        endpoint spelled two ways): an upload opened (never completed: nothing is written) in
+        `other` is looked for among this bucket's open uploads. None when that cannot be told."""
+        key = full_key(other.settings.key_prefix, f".mastosync-same-place-check-{os.getpid()}-{time.time_ns()}")
+        try:
+            upload_id = await other._start_multipart(key, {})
+        except StorageError:
+            return None
+        try:
+            listing = await self._xml("GET", None, "ListMultipartUploads", {"uploads": "", "prefix": key})
+            return any(upload.findtext("UploadId") == upload_id for upload in listing.iter("Upload"))
+        except StorageError:
+            return None
+        finally:
+            await other.abort_multipart(key, upload_id)
+
     def _explain(self, error: StorageError, action: str = "read") -> str:
         where = self.describe()
         if error.code == "NoSuchBucket":

@@ -120,12 +120,20 @@ class SftpFiles:
         return SftpWriter(self, f, self.path(temporary), self.path(final), mode, f"write {final}")
 
     async def make_dirs(self, key: str) -> None:
-        await self._call(f"create folder {key}", "makedirs", self.path(key), exist_ok=True)
-        # Folders made by mastosync over SFTP carry the SSH user's umask; with an owner, give them.
-        if self.owner is not None:
-            path = self.root
-            for part in key.split("/"):
-                path = posixpath.join(path, part)
+        """Each missing folder of `key`, 0755 whatever the SSH user's umask (nginx serves from
+        them; Mastodon writes into them), and given to the owner if there is one. Folders that
+        exist are left as they are."""
+        path = self.root
+        for part in key.split("/"):
+            path = posixpath.join(path, part)
+            try:
+                await self._call(f"create folder {key}", "mkdir", path)
+            except StorageError:
+                if await self._call(f"create folder {key}", "isdir", path):
+                    continue  # there already (or made meanwhile by another copy)
+                raise
+            await self._call(f"create folder {key}", "chmod", path, 0o755)
+            if self.owner is not None:
                 await self._call(f"create folder {key}", "chown", path, self.owner[0], self.owner[1])
 
     async def mode_of(self, key: str) -> int:
