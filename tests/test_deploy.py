@@ -34,3 +34,26 @@ def test_systemd_unit_runs_shard_i() -> None:
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "--shard %i/4" in exec_start and "run --all" in exec_start
     assert "KillSignal=SIGTERM" in unit and "SuccessExitStatus=143" in unit
+
+
+def test_systemd_unit_writes_only_where_it_may() -> None:
+    """ProtectSystem=strict leaves the unit StateDirectory= and LogsDirectory= to write: the state
+    directory the configuration resolves to under the unit's environment, and the --log-file,
+    are there, whatever sync.state_dir the configuration says (the sample's is relative)."""
+    from mastosync import config
+
+    unit = (DEPLOY / "systemd" / "mastosync@.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["ProtectSystem"] == "strict"
+    writable = [f"/var/lib/{settings['StateDirectory']}", f"/var/log/{settings['LogsDirectory']}",
+                *settings.get("ReadWritePaths", "").split()]
+    environment = dict(line.removeprefix("Environment=").split("=", 1) for line in unit.splitlines()
+                       if line.startswith("Environment="))
+    environment = {k: v.replace("%S", "/var/lib") for k, v in environment.items()}
+    loaded = config.load(ROOT / "config.sample.toml", environ=environment)
+    assert any(loaded.sync.state_dir == w or loaded.sync.state_dir.startswith(w + "/") for w in writable), \
+        loaded.sync.state_dir
+    log_file = settings["ExecStart"].split("--log-file ", 1)[1].split()[0]
+    assert any(log_file.startswith(w + "/") for w in writable), log_file
+    # Settings mistakes and defects are not restarted in a loop.
+    assert {"2", "70"} <= set(settings["RestartPreventExitStatus"].split())
