@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 S3RVER  = $(VENV)/s3rver/node_modules/.bin/s3rver
 
-.PHONY: test demo demo-disk lint bench venv clean
+.PHONY: test demo demo-disk lint bench venv clean prerequisites
 
 venv: $(STAMP)
 
@@ -17,11 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# s3rver (npm): a third S3 implementation the storage suites run against.
-$(S3RVER): | $(STAMP)
-	npm install --prefix $(VENV)/s3rver --no-audit --no-fund --silent s3rver@3.7.1
+# sshd and npm when missing (as root), else their suites are skipped with the reason.
+prerequisites:
+	@bash tests/services/prerequisites.sh
 
-test: $(STAMP) $(S3RVER)
+# s3rver (npm): a third S3 implementation the storage suites run against.
+$(S3RVER): | $(STAMP) prerequisites
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix $(VENV)/s3rver --no-audit --no-fund --silent s3rver@3.7.1; \
+	else echo "make test: npm not found: the s3rver suites are skipped"; fi
+
+test: $(STAMP) prerequisites $(S3RVER)
 	$(BIN)/python -m mypy mastosync
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

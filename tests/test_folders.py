@@ -217,7 +217,10 @@ def sftp_server(request: pytest.FixtureRequest, ssh_server: AsyncsshServer) -> A
         yield ssh_server
         return
     if not sshd_binary():
-        pytest.fail("sshd is not installed: .ci/run installs openssh-server")
+        reason = "OpenSSH sshd not installed (apt-get install openssh-server; make test does it as root)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     server = OpenSshServer().start()
     try:
         yield server
