@@ -46,6 +46,8 @@ from mastosync.workers import Engine
 # What Mastodon sends (paperclip.rb s3_headers), and what versions before 3.0 sent.
 GOOD_CACHE_CONTROL = (MASTODON_CACHE_CONTROL, "max-age=315576000")
 PUBLIC_ACLS = ("public-read", "public-read-write")
+# How a bucket without per-object ACLs refuses one (AWS "bucket owner enforced"; R2, MinIO).
+NO_ACL_CODES = ("AccessControlListNotSupported", "NotImplemented", "InvalidRequest")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Tally:
     wrong_acl: int = 0
     fixed: int = 0
     would_fix: int = 0  # fix --dry-run
+    skipped: int = 0  # SSE-C objects: their headers cannot be rewritten
     errors: int = 0
     headers_checked: int = 0  # (orphans are counted by find_orphans, per page, not per record)
 
@@ -217,14 +220,27 @@ class AuditStep:
         if self.audit.dry_run:
             tally.would_fix += 1
             return
+        if repair_headers and head is not None and head.customer_key:
+            tally.skipped += 1
+            self._finding(report, out, job, "skipped", "encrypted with a customer key (SSE-C): its headers cannot be "
+                                                       "rewritten without that key")
+            return
         if repair_headers or self.folder:
-            assert head is not None or self.folder
             headers = expected_headers(self.store, obj, head or Head(0), right_type)
+            if head is not None:
+                # Its storage class, encryption and redirect, sent again: CopyObject would reset them.
+                headers = {**headers, **dict(head.kept_in_place)}
             size = head.size if head is not None else 0
             await self.policy.call(lambda: self.store.replace_headers(key, headers, size))  # the ACL with them
         else:
             acl = "private" if obj.private else self.acl
-            await self.policy.call(lambda: self.store.put_acl(key, acl))
+            try:
+                await self.policy.call(lambda: self.store.put_acl(key, acl))
+            except StorageError as exc:
+                if exc.code not in NO_ACL_CODES and exc.status != 501:
+                    raise
+                self.no_acls = self.no_acls or str(exc)  # "bucket owner enforced": said once
+                return
         tally.fixed += 1
 
     async def _public(self, key: str) -> bool | None:
@@ -322,10 +338,15 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
         display = Display(list(stats.values()), settings.sync.progress_interval, mode="verify",
                           out=sys.stderr if what.as_json else sys.stdout)
         source = await open_source(stack, settings, request) if what.side == "destination" else None
+        if what.fix_headers and not what.dry_run and await store.keeps_versions():
+            display.message(f"mastosync: the {what.side} bucket keeps versions: each object fixed in place leaves "
+                            "its old version behind, billed until a lifecycle rule expires noncurrent versions")
         if what.side == "destination" and source is None:
             display.message("mastosync: the source cannot be read: objects absent here are counted as gaps")
         acl = settings.destination.acl  # Mastodon's S3_PERMISSION: the same for the old bucket
         step = AuditStep(settings, store, what, acl, RetryPolicy(retries=settings.sync.retries), source)
+        if what.headers or what.fix_acl:
+            step.no_acls = await store.acls_disabled()
         out = sys.stdout if what.as_json else None
 
         async def check(job: Job) -> None:
@@ -409,6 +430,10 @@ def summarise(tallies: dict[str, Tally], orphans: dict[str, list[int]], listed: 
               f"{orphan_path.resolve()}. mastosync never deletes them. After checking the list:\n"
               f"  jq -r .key {orphan_path.name} > orphans.txt; rclone delete REMOTE:BUCKET --files-from-raw "
               "orphans.txt   (or: aws s3 rm s3://BUCKET/KEY for each)", file=out)
+    skipped = sum(t.skipped for t in tallies.values())
+    if skipped:
+        print(f"skipped: {skipped} objects encrypted with a customer key (SSE-C); their headers were not rewritten",
+              file=out)
     if what.fixing and what.dry_run:
         print(f"fix --dry-run: would fix {sum(t.would_fix for t in tallies.values())} objects; nothing was changed",
               file=out)

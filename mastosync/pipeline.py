@@ -112,6 +112,11 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         if events is not None:
             display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json())
         destination = connected.destination
+        if destination.keeps_metadata and not settings.destination.acl:
+            display.private_note = (
+                "not private: {private} objects Mastodon keeps private (backups, imports, media of suspended "
+                "accounts and of removed posts) are in a bucket without per-object ACLs (destination.acl = \"\"): "
+                "its bucket policy decides who reads them (README: provider notes)")
         await abort_left_open(state, destination, display)
         destination.on_upload_started, destination.on_upload_ended = state.upload_started, state.upload_ended
         state.counters = lambda name: {k: getattr(stats[name], k) for k in SO_FAR}

@@ -200,6 +200,9 @@ class Display:
         self.stats = stats
         self.interval = interval
         self.mode = mode
+        # Said instead of "kept private" where the destination cannot keep anything private
+        # ({private}: how many objects Mastodon keeps private).
+        self.private_note: str | None = None
         self.on_tick: Any = None  # called every `interval` while running (the --log-file's progress lines)
         self.window = RateWindow()
         self.out = out or sys.stdout
@@ -335,7 +338,9 @@ class Display:
                      "written": "the bytes written as read (neither side keeps a checksum)"}
             self.message("content proven: " + ", ".join(f"{n} by {names.get(proof, proof)}"
                                                          for proof, n in total.proofs.most_common()))
-        if self.mode == "copy" and private:
+        if self.mode == "copy" and private and self.private_note:
+            self.message(self.private_note.format(private=private))
+        elif self.mode == "copy" and private:
             self.message(f"kept private: {private} objects at the destination without a public ACL (backups, "
                          "imports, media of suspended accounts and of removed posts, as Mastodon keeps them)")
         if self.mode == "copy" and total.kept:

@@ -215,3 +215,54 @@ async def test_audit_and_fix_the_source_side(tmp_path: Path, mastodon_db: Mastod
         result = run_cli(*command, "--side", "source", config=folder_config)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
+
+
+async def test_fix_keeps_what_the_object_has(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """CopyObject onto itself resets storage class, encryption, tags and redirect unless sent
+    again: fix --headers keeps them, read back; an SSE-C object is skipped with a line; a
+    versioned bucket is said once."""
+    from tests.test_cutover_flow import media_key
+
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    moto.client.put_bucket_versioning(Bucket=dst, VersioningConfiguration={"Status": "Enabled"})
+    await mastodon_db.insert("media_attachments", [
+        {"id": i, "file_file_name": f"p{i}.jpg", "file_content_type": "image/jpeg", "file_file_size": 10}
+        for i in (1, 2, 3)])
+    data = b"\xff\xd8\xff\xe0 jpeg"
+    data = data + b"x" * (10 - len(data))
+    for i, extra in ((1, {"StorageClass": "STANDARD_IA", "Tagging": "kept=yes",
+                          "WebsiteRedirectLocation": "/elsewhere"}),
+                     (2, {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:us-east-1:1:key/abc"}),
+                     (3, {})):
+        for style in ("original", "small"):
+            moto.client.put_object(Bucket=dst, Key=media_key(i, style), Body=data, ContentType="binary/octet-stream",
+                                   ACL="public-read", **extra)
+            moto.put(src, media_key(i, style), data, "image/jpeg")
+    config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                          extra={"destination": {"acl": "public-read"}})
+    # SSE-C first: moto neither demands the key nor says an object has one, so a proxy gives
+    # every HEAD answer the header a provider sends for such an object. Nothing is rewritten.
+    proxy = FaultProxy(moto.port).start()
+    try:
+        proxy.behave(response_headers={"x-amz-server-side-encryption-customer-algorithm": "AES256"})
+        sse_c = write_config(tmp_path / "sse-c.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                             destination_endpoint=proxy.endpoint, extra={"destination": {"acl": "public-read"}})
+        skipped = run_cli("fix", "--headers", "--type", "media_attachments", config=sse_c)
+        assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+        assert "skipped: 6 objects encrypted with a customer key (SSE-C)" in skipped.stdout
+        assert proxy.count("CopyObject") == 0
+    finally:
+        proxy.stop()
+    fixed = run_cli("fix", "--headers", "--type", "media_attachments", config=config)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "keeps versions" in fixed.stdout
+    for style in ("original", "small"):
+        one = moto.client.head_object(Bucket=dst, Key=media_key(1, style))
+        assert one["ContentType"] == "image/jpeg" and one["StorageClass"] == "STANDARD_IA"
+        assert one["WebsiteRedirectLocation"] == "/elsewhere"
+        tags = moto.client.get_object_tagging(Bucket=dst, Key=media_key(1, style))["TagSet"]
+        assert tags == [{"Key": "kept", "Value": "yes"}]
+        two = moto.client.head_object(Bucket=dst, Key=media_key(2, style))
+        assert two["ContentType"] == "image/jpeg" and two["ServerSideEncryption"] == "aws:kms"
+        assert two["SSEKMSKeyId"].endswith("key/abc")
+        assert moto.client.head_object(Bucket=dst, Key=media_key(3, style))["ContentType"] == "image/jpeg"

@@ -107,3 +107,38 @@ def test_a_value_from_the_environment_is_named_by_its_variable(tmp_path: Path) -
     assert "s3cr3t" not in line
     typo = run_cli("dry-run", config=config, env={"MASTOSYNC_SYNC_CONCURRENCY": "many"})
     assert "MASTOSYNC_SYNC_CONCURRENCY (the environment's sync.concurrency)" in typo.stderr
+
+
+async def test_a_bucket_without_per_object_acls(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """acl = "": the run says once that hidden media cannot be made private there; a bucket that
+    refuses ACL requests ("bucket owner enforced") is said once by audit and fix, not per object."""
+    from tests.services.faultproxy import FaultProxy
+
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    await db_execute(mastodon_db, "INSERT INTO accounts (id, username, suspended_at) VALUES (1, 'a', now())")
+    await seed_media(mastodon_db, moto, src, range(1, 4), account_of=lambda i: 1 if i == 1 else 2)
+    config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                          extra={"destination": {"acl": ""}})
+    result = run_cli("run", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "not private: 2 objects Mastodon keeps private" in result.stdout and "kept private" not in result.stdout
+    proxy = FaultProxy(moto.port).start()
+    try:
+        proxy.set_faults(error=1.0, error_answer=(400, "AccessControlListNotSupported"),
+                         only_ops=("PutObjectAcl",))
+        enforced = write_config(tmp_path / "enforced.toml", db=mastodon_db, source=(moto, src),
+                                destination=(moto, dst), destination_endpoint=proxy.endpoint,
+                                extra={"destination": {"acl": "public-read"}})
+        # Refused when set: found by fix, said once.
+        fixed = run_cli("fix", "--acl", "--type", "media_attachments", config=enforced)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert fixed.stdout.count("keeps no per-object ACL") == 1, fixed.stdout
+        # Told by the bucket itself (Object Ownership): audit judges no ACL, so reports none wrong.
+        moto.client.put_bucket_ownership_controls(
+            Bucket=dst, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+        audited = run_cli("audit", "--headers", "--min-age", "0", "--json", "--type", "media_attachments",
+                          config=enforced)
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+        assert "BucketOwnerEnforced" in audited.stderr and '"wrong-acl"' not in audited.stdout
+    finally:
+        proxy.stop()

@@ -76,6 +76,10 @@ class Head:
     metadata: tuple[tuple[str, str], ...] = ()
     encrypted: bool = False  # SSE-KMS, DSSE-KMS or SSE-C: the ETag is not an MD5
     last_modified: float | None = None  # seconds since the epoch, when the store tells
+    # What a rewrite in place (fix: CopyObject onto itself) must send again or lose: storage
+    # class, server-side encryption and its key, a website redirect. Lower-case names.
+    kept_in_place: tuple[tuple[str, str], ...] = ()
+    customer_key: bool = False  # SSE-C: nothing can be done to it without that key
 
     @property
     def md5(self) -> str | None:

@@ -206,6 +206,12 @@ class FolderStore:
         """Whether the web server may serve the file: readable by others (0644, not 0600)."""
         return bool(await self.files.mode_of(key) & 0o004)
 
+    async def acls_disabled(self) -> str:
+        return ""  # a file's mode always says who reads it
+
+    async def keeps_versions(self) -> bool:
+        return False  # a file rewritten is the only copy
+
     async def put_acl(self, key: str, acl: str) -> None:
         await self.files.chmod(key, 0o600 if acl == "private" else 0o644)
 

@@ -89,6 +89,10 @@ REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "
 SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "InvalidSignatureException"})
 # Stored headers that go with the bytes (besides Content-Type and Cache-Control).
 KEPT_HEADERS = ("content-encoding", "content-disposition", "content-language", "expires")
+# Properties of the object itself (not of its content) that CopyObject onto itself resets
+# unless they are sent again.
+KEPT_IN_PLACE = ("x-amz-storage-class", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
+                 "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-website-redirect-location")
 ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 ERROR_BODY_LIMIT = 64 * 1024
@@ -136,8 +140,10 @@ def _head(headers: Any, size: int) -> Head:
                  if name in KEPT_HEADERS or name.startswith("x-amz-meta-"))
     encrypted = (headers.get("x-amz-server-side-encryption", "").lower().startswith("aws:kms")
                  or "x-amz-server-side-encryption-customer-algorithm" in headers)
+    in_place = tuple((name, headers[name]) for name in KEPT_IN_PLACE if headers.get(name))
     return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"), kept,
-                encrypted, _http_time(headers.get("last-modified")))
+                encrypted, _http_time(headers.get("last-modified")), in_place,
+                "x-amz-server-side-encryption-customer-algorithm" in headers)
 
 
 def _iso_time(value: str | None) -> float | None:
@@ -714,6 +720,25 @@ class Bucket:
                    and (grant.findtext("Grantee/URI") or "").endswith("/global/AllUsers")
                    for grant in root.iter("Grant"))
 
+    async def acls_disabled(self) -> str:
+        """Why the bucket has no per-object ACLs ("" when it has them, or cannot tell): AWS's Object
+        Ownership "bucket owner enforced" answers GetObjectAcl as if every object were private."""
+        try:
+            root = await self._xml("GET", None, "GetBucketOwnershipControls", {"ownershipControls": ""})
+        except StorageError:
+            return ""
+        if any((rule.findtext("ObjectOwnership") or "") == "BucketOwnerEnforced" for rule in root.iter("Rule")):
+            return "its Object Ownership is BucketOwnerEnforced: ACLs are disabled"
+        return ""
+
+    async def keeps_versions(self) -> bool:
+        """Whether the bucket keeps old versions (a rewrite in place leaves one behind, billed)."""
+        try:
+            root = await self._xml("GET", None, "GetBucketVersioning", {"versioning": ""})
+        except StorageError:
+            return False
+        return (root.findtext("Status") or "") == "Enabled"
+
     async def put_acl(self, key: str, acl: str) -> None:
         await self._send("PUT", key, f"PutObjectAcl {key}", {"acl": ""}, {"x-amz-acl": acl})
 
@@ -723,7 +748,7 @@ class Bucket:
         if size <= MAX_COPY_OBJECT:
             await self._xml("PUT", key, f"COPY {key} onto itself", {},
                             {**headers, "x-amz-copy-source": self._copy_source(self, key),
-                             "x-amz-metadata-directive": "REPLACE"})
+                             "x-amz-metadata-directive": "REPLACE", "x-amz-tagging-directive": "COPY"})
             return
         part = max(COPY_PART_MIN, -(-size // MAX_PARTS))
         upload_id = await self.start_multipart(key, headers)
