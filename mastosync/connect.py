@@ -47,8 +47,10 @@ async def open_database(settings: Settings, tunnel: Tunnel | None = None) -> Asy
     async with contextlib.AsyncExitStack() as stack:
         endpoint = None
         if settings.ssh.enabled:
-            tunnel = tunnel or await open_ssh(stack, settings, with_files=False)
-            assert tunnel is not None
+            if tunnel is None:
+                from mastosync.tunnel import Tunnel
+
+                tunnel = await stack.enter_async_context(Tunnel(settings.ssh, settings.database))
             endpoint = tunnel.endpoint
         db = records.Database(settings.database, endpoint)
         stack.push_async_callback(db.close)

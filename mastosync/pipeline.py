@@ -15,6 +15,7 @@ import contextlib
 import json
 import sys
 from datetime import UTC, datetime
+from typing import cast
 
 from mastosync import cutover, layout, records
 from mastosync.config import Settings, SyncSettings, format_size
@@ -36,7 +37,7 @@ from mastosync.sanity import SourceWatch, explain
 from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, RunLock, TypeProgress
 from mastosync.steps.check import CheckStep
 from mastosync.steps.copy import CopyStep
-from mastosync.storage import Store
+from mastosync.storage import ServerSideCopy, Store
 from mastosync.storage.retry import RetryPolicy
 from mastosync.transfer import Copier, MemoryBudget, keep_large_buffers_mapped
 from mastosync.visibility import AppliedVisibility, Changed, owners_to_recheck, reapply
@@ -67,7 +68,9 @@ def make_copier(settings: Settings, source: Store, destination: Store, events: E
     copier = Copier(
         source, destination, multipart_threshold=sync.multipart_threshold, part_size=sync.part_size,
         policy=RetryPolicy(retries=sync.retries), budget=memory_budget(sync),
-        server_side=settings.source.same_place_as(settings.destination) and bool(settings.source.endpoint),
+        # Both sides one account on one endpoint: the destination copies from the source itself.
+        server_side=(cast(ServerSideCopy, destination)
+                     if settings.source.same_place_as(settings.destination) and settings.source.endpoint else None),
         checksum=checksum,
     )
     if events is not None:

@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from mastosync.outcome import Outcome, Proof, Status
-from mastosync.storage import Body, Store
+from mastosync.storage import Body, ServerSideCopy, Store
 from mastosync.storage.base import Head, NotFound, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy
-from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT, MAX_PARTS, Bucket
+from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT, MAX_PARTS
 
 MiB = 1024 * 1024
 # Part sizes a source's multipart upload is likely to have used: aws-sdk (Mastodon's
@@ -206,7 +206,8 @@ class Copier:
     part_size: int
     policy: RetryPolicy
     budget: MemoryBudget
-    server_side: bool = False
+    # The destination, when it can copy from the source itself (one endpoint and account).
+    server_side: ServerSideCopy | None = None
     checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
     on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
 
@@ -313,8 +314,8 @@ class Copier:
             settled = await self._settle(source_key, destination_key)
             if settled is not None:
                 return settled
-        if self.server_side:
-            return await self._server_side(source_key, destination_key, source_size, how.private)
+        if self.server_side is not None:
+            return await self._server_side(self.server_side, source_key, destination_key, source_size, how.private)
         try:
             head, body = await self.source.get(source_key)
         except NotFound:
@@ -358,10 +359,9 @@ class Copier:
             raise SourceMissing(source_key)
         return source.size
 
-    async def _server_side(self, source_key: str, destination_key: str, size: int | None,
+    async def _server_side(self, copier: ServerSideCopy, source_key: str, destination_key: str, size: int | None,
                            private: bool) -> Outcome:
         # Only between two buckets of one account on one endpoint (config.same_place_as).
-        assert isinstance(self.source, Bucket) and isinstance(self.destination, Bucket)
         head = None
         if size is None or size > MAX_COPY_OBJECT:
             head = await self.source.head(source_key)
@@ -369,21 +369,20 @@ class Copier:
                 raise SourceMissing(source_key)
             size = head.size
         try:
-            if size <= MAX_COPY_OBJECT:
-                await self.destination.copy(self.source, source_key, destination_key,
-                                            self.destination.headers_for(Head(0), private))
+            if head is not None and head.size > MAX_COPY_OBJECT:
+                await self._copy_in_parts(copier, source_key, destination_key, head, private)
             else:
-                assert head is not None
-                await self._copy_in_parts(source_key, destination_key, head, private)
+                await copier.copy(self.source, source_key, destination_key,
+                                  self.destination.headers_for(Head(0), private))
         except NotFound as exc:
             if exc.code == "NoSuchKey":  # of the copy source
                 raise SourceMissing(source_key) from None
             raise
         return Outcome(Status.COPIED, size, proof=Proof.SERVER, size=size)
 
-    async def _copy_in_parts(self, source_key: str, key: str, head: Head, private: bool) -> None:
+    async def _copy_in_parts(self, copier: ServerSideCopy, source_key: str, key: str, head: Head,
+                             private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
-        assert isinstance(self.source, Bucket) and isinstance(self.destination, Bucket)
         part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
         upload_id = await self.destination.start_multipart(key, self.destination.headers_for(head, private))
         try:
@@ -391,7 +390,7 @@ class Copier:
             for number, first in enumerate(range(0, head.size, part), start=1):
                 last = min(first + part, head.size) - 1
                 etags.append(await self.policy.call(functools.partial(
-                    self.destination.copy_part, self.source, source_key, key, upload_id, number, first, last)))
+                    copier.copy_part, self.source, source_key, key, upload_id, number, first, last)))
             await self.destination.complete_multipart(key, upload_id, etags)
         except BaseException:
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))

@@ -67,23 +67,29 @@ class Tunnel:
     def where(self) -> str:
         return f"{self.ssh.user}@{self.ssh.host}:{self.ssh.port}"
 
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        """The SSH connection, opened again if it was lost (call with the lock held)."""
+        if self._conn is None or self._client is None or self._client.lost:
+            await self._open()
+        if self._conn is None:
+            raise TunnelError(f"SSH {self.where}: the connection could not be opened")
+        return self._conn
+
     async def endpoint(self) -> tuple[str, int]:
         """The local end of the forward, reconnecting if the SSH connection was lost."""
         async with self._lock:
-            if self._conn is None or self._client is None or self._client.lost:
-                await self._open()
-            assert self._listener is not None, "a tunnel opened without a database has no forward"
+            await self._connection()
+            if self._listener is None:
+                raise TunnelError(f"SSH {self.where}: opened for files only, with no forward to the database")
             return "127.0.0.1", self._listener.get_port()
 
     async def sftp(self) -> asyncssh.SFTPClient:
         """The SFTP client on this connection, reconnecting (and restarting it) if it was lost."""
         async with self._lock:
-            if self._conn is None or self._client is None or self._client.lost:
-                await self._open()
-            assert self._conn is not None
+            conn = await self._connection()
             if self._sftp is None:
                 try:
-                    self._sftp = await self._conn.start_sftp_client()
+                    self._sftp = await conn.start_sftp_client()
                 except asyncssh.Error as exc:
                     raise TunnelError(f"SSH {self.where}: the server offers no SFTP ({exc}); enable its "
                                       "sftp subsystem (Subsystem sftp in sshd_config)") from None
@@ -92,10 +98,7 @@ class Tunnel:
     async def run(self, command: str) -> str:
         """A command's output on the SSH host (looking up a user for destination.owner)."""
         async with self._lock:
-            if self._conn is None or self._client is None or self._client.lost:
-                await self._open()
-            assert self._conn is not None
-            result = await self._conn.run(command, check=True, timeout=30)
+            result = await (await self._connection()).run(command, check=True, timeout=30)
         return str(result.stdout)
 
     async def close(self) -> None:

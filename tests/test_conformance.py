@@ -70,7 +70,7 @@ async def copier(s3: S3Server, src: str, dst: str, source_endpoint: str | None =
     async with Bucket(source, 8, timeout=10) as s, Bucket(target, 8, timeout=10) as d:
         yield Copier(s, d, multipart_threshold=16 * MiB, part_size=8 * MiB,
                      policy=RetryPolicy(retries=retries, base=0.01, cap=0.05), budget=MemoryBudget(64 * MiB),
-                     server_side=server_side)
+                     server_side=d if server_side else None)
 
 
 def multipart_upload(s3: S3Server, bucket: str, key: str, data: bytes, part: int) -> str:

@@ -45,7 +45,7 @@ async def copier(server: S3Server, src: str, dst: str, endpoint: str | None = No
     async with Bucket(source, concurrency, timeout=20) as s, Bucket(destination, concurrency, timeout=20) as d:
         yield Copier(s, d, multipart_threshold=16 * MiB, part_size=8 * MiB,
                      policy=RetryPolicy(retries=retries, base=0.01, cap=0.2), budget=MemoryBudget(budget),
-                     server_side=server_side)
+                     server_side=d if server_side else None)
 
 
 def seed(server: S3Server, bucket: str, items: dict[str, tuple[int, str]]) -> dict[str, bytes]:

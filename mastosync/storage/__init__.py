@@ -80,6 +80,16 @@ class Store(Protocol):
     async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None: ...
 
 
+class ServerSideCopy(Protocol):
+    """A capability, not every store's: copying from another store on the same endpoint and
+    account, the bytes never passing through mastosync (a bucket: CopyObject, UploadPartCopy)."""
+
+    async def copy(self, source: Any, source_key: str, key: str, extra: dict[str, str]) -> None: ...
+
+    async def copy_part(self, source: Any, source_key: str, key: str, upload_id: str, number: int,
+                        first: int, last: int) -> str: ...
+
+
 def needs_ssh(*sides: BucketSettings) -> bool:
     return any(side.kind == "sftp" for side in sides)
 
@@ -98,6 +108,7 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
         from mastosync.storage.folders import FolderStore
         from mastosync.storage.sftpfiles import SftpFiles
 
-        assert tunnel is not None, "an sftp side needs the SSH connection"
+        if tunnel is None:  # connect.open_ssh opens it for every sftp side: a wiring defect
+            raise TypeError(f"{label}: an sftp side needs the SSH connection")
         return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)
     return Bucket(side, pool, timeout, label, acl)

@@ -285,9 +285,10 @@ class Bucket:
         self._open_transport()
         return self
 
-    def _open_transport(self) -> None:
+    def _open_transport(self) -> Transport:
         self.transport = Transport(self._origin, connect_timeout=min(self._timeout, 20), read_timeout=self._timeout,
                                    pool_size=self._pool_size + 4, ca_bundle=self.settings.ca_bundle)
+        return self.transport
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -380,8 +381,7 @@ class Bucket:
         signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash, now)
         signed["user-agent"] = USER_AGENT
         target = f"{path}?{query_string}" if query_string else path
-        assert self.transport is not None, "Bucket used outside `async with`"
-        transport = self.transport
+        transport = self.transport or self._open_transport()  # used outside `async with`: opened now
         await self.pacer.acquire()
         held = True
         try:
