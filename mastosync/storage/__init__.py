@@ -11,7 +11,8 @@ bucket's ACL, a file's mode) is in the headers each store makes with `headers_fo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config import BucketSettings, DestinationSettings
@@ -30,17 +31,24 @@ class Body(Protocol):
 
 
 class Store(Protocol):
+    """What every backend is (mypy proves Bucket and FolderStore conform: make_store returns one)."""
+
     label: str
-    key_prefix: str
     keeps_metadata: bool  # headers, ETags, Content-MD5 checks: a bucket; a folder keeps bytes only
-    on_upload_started: Any
-    on_upload_ended: Any
+    # Told (key, upload id) when a multipart upload (a large file's temporary) starts and ends,
+    # so that the resume state knows what a crash may leave open.
+    on_upload_started: Callable[[str, str], None] | None
+    on_upload_ended: Callable[[str, str], None] | None
+
+    @property
+    def key_prefix(self) -> str: ...
 
     def describe(self) -> str: ...
 
     async def __aenter__(self) -> Any: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
 
     def ensure_up(self, what: str) -> None: ...
 
@@ -51,7 +59,7 @@ class Store(Protocol):
 
     async def head(self, key: str) -> Head | None: ...
 
-    async def get(self, key: str) -> tuple[Head, Any]: ...
+    async def get(self, key: str) -> tuple[Head, Body]: ...
 
     async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None: ...
 
@@ -95,7 +103,7 @@ def needs_ssh(*sides: BucketSettings) -> bool:
 
 
 def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None,
-               acl: str | None = None) -> Any:
+               acl: str | None = None) -> Store:
     """The store for one side of the copy (to be entered as an async context manager); `acl`:
     what a side other than the destination is written with (fix --side source)."""
     owner = side.owner if isinstance(side, DestinationSettings) else ""
