@@ -317,7 +317,21 @@ async def test_retry_after_reaches_the_retries(moto: S3Server) -> None:
 
             with pytest.raises(Transient) as caught:
                 await b.head("a.png")
-    assert caught.value.retry_after == 7.0 and caught.value.throttled
+            assert caught.value.retry_after == 7.0 and caught.value.throttled
+            # And the retry waits that long: the first answer says "come back in 1 s", the
+            # next one is asked no sooner (a lower bound, which a slow machine cannot break).
+            proxy.reset_counters()
+            proxy.set_faults(slowdown=1.0, retry_after=1, only_ops=("HeadObject",))
+            policy = RetryPolicy(retries=3, base=0.001, cap=0.01)
+            retried = asyncio.create_task(policy.call(lambda: b.head("a.png")))
+            while proxy.count("HeadObject") < 1:
+                await asyncio.sleep(0.01)
+            proxy.set_faults()
+            head = await retried
+    assert head is not None and head.size == 3
+    (refused, first), (answered, second) = [(t, status) for t, op, status in proxy.counters.timeline
+                                            if op == "HeadObject"][:2]
+    assert (first, second) == (503, 200) and answered - refused >= 0.95
 
 
 # -- 7. very large objects -----------------------------------------------------------------

@@ -65,10 +65,18 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
         first_run = {path for path, n in proxy.counters.stored.items()}
         assert 0 < len(first_run) < len(objects)
 
+        state = json.loads(next((tmp_path / "state").glob("resume-*.json")).read_text())
+        mark = state["types"]["media_attachments"]["done_through"]
+        assert mark is not None and 0 < mark < 153
         proxy.reset_counters()
-        resumed = run_cli("run", config=config)
+        log = tmp_path / "resumed.jsonl"
+        resumed = run_cli("run", "--log-file", str(log), config=config)
         assert resumed.returncode == 0, resumed.stderr
-        assert "resuming" in resumed.stdout
+        assert f"resuming an unfinished run (--restart starts over): media_attachments after id {mark}" in resumed.stdout
+        # Only the records after the mark are read again (a resume that started over would read
+        # all 153 and skip the copied ones: nothing uploaded twice, yet nothing resumed).
+        summary = [json.loads(line) for line in log.read_text().splitlines()][-1]
+        assert summary["event"] == "summary" and summary["types"]["media_attachments"]["records"] == 153 - mark
         # The summary tells this run's counts and the whole migration's, earlier runs included.
         assert (f"whole migration so far (this run and the earlier ones it resumed): {len(objects)} copied "
                 f"({len(first_run)} earlier)") in resumed.stdout, resumed.stdout
@@ -79,5 +87,37 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
             assert moto.get(dst, key)[0] == data
         state = json.loads(next((tmp_path / "state").glob("resume-*.json")).read_text())
         assert state["types"]["media_attachments"]["complete"] is True
+    finally:
+        proxy.stop()
+
+
+async def test_the_memory_budget_holds_end_to_end(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    """multipart_threshold + part_size bounds the bodies in memory, whatever the concurrency: with
+    5 MiB + 5 MiB, never more than 10 MiB of bodies are being uploaded at once (the proxy adds
+    them up); with a budget that allows more, more are, so the count can tell."""
+    src = new_bucket(moto, "src")
+    table, sizes = [], 11 * MiB
+    for i in range(1, 5):
+        table.append({"id": i, "file_file_name": f"v{i}.mp4", "file_content_type": "video/mp4"})
+        key = f"media_attachments/files/000/000/{i:03d}/original/v{i}.mp4"
+        moto.put(src, key, body(key, sizes, "video/mp4"), "video/mp4")
+    await mastodon_db.insert("media_attachments", table)
+    proxy = FaultProxy(moto.port).start()
+    proxy.set_faults(latency=0.2, only_ops=("PutObject", "UploadPart"))
+    try:
+        seen = {}
+        for label, size in (("tight", "5MiB"), ("loose", "64MiB")):
+            dst = new_bucket(moto, label)
+            config = write_config(tmp_path / f"{label}.toml", db=mastodon_db, source=(moto, src),
+                                  destination=(moto, dst), destination_endpoint=proxy.endpoint,
+                                  extra={"sync": {"concurrency": 8, "multipart_threshold": size, "part_size": size,
+                                                  "state_dir": str(tmp_path / label)}})
+            proxy.reset_counters()
+            result = run_cli("run", config=config)
+            assert result.returncode == 0, result.stderr
+            assert len(moto.keys(dst)) == 4
+            seen[label] = proxy.counters.most_upload_bytes_at_once
+        assert 5 * MiB <= seen["tight"] <= 10 * MiB, seen
+        assert seen["loose"] > 10 * MiB, seen  # the same count sees more when the budget allows more
     finally:
         proxy.stop()

@@ -67,6 +67,11 @@ class Counters:
     # (time, requests in flight once this one arrived): what a client's pacing does, whatever
     # the machine's speed
     in_flight: list[tuple[float, int]] = field(default_factory=list)
+    # The most body bytes being uploaded at once (PutObject, UploadPart): what a memory budget allows.
+    most_upload_bytes_at_once: int = 0
+
+
+UPLOADS = ("PutObject", "UploadPart")
 
 
 def operation(method: str, target: str, headers: dict[str, str]) -> str:
@@ -109,6 +114,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="faultproxy")
         self._writers: set[asyncio.StreamWriter] = set()
         self._in_flight = 0
+        self._uploads = 0
 
     # -- control, from any thread ---------------------------------------------------
 
@@ -185,9 +191,10 @@ class FaultProxy:
             return None, delay
 
     def _record(self, op: str, status: int, fault: str | None, put_bytes: int,
-                headers: dict[str, str] | None = None, target: str = "") -> None:
+                headers: dict[str, str] | None = None, target: str = "", uploading: int = 0) -> None:
         with self._lock:
             self._in_flight -= 1  # every request is recorded once, when it is answered
+            self._uploads -= uploading
             if status == 200 and op in ("PutObject", "CompleteMultipartUpload", "CopyObject"):
                 self.counters.stored[unquote(urlsplit(target).path)] += 1
             for name in headers or ():
@@ -216,6 +223,11 @@ class FaultProxy:
                 with self._lock:
                     self._in_flight += 1
                     self.counters.in_flight.append((time.monotonic(), self._in_flight))
+                    uploading = int(headers.get("content-length", 0) or 0) if op in UPLOADS else 0
+                    if uploading:
+                        self._uploads += uploading
+                        self.counters.most_upload_bytes_at_once = max(self.counters.most_upload_bytes_at_once,
+                                                                      self._uploads)
                 if headers.get("expect", "").lower() == "100-continue":
                     # Answer the interim response here, so the upstream never sends one.
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -227,7 +239,7 @@ class FaultProxy:
                 refusal = self._refuse(headers)
                 if refusal is not None:
                     status, code, extra = refusal
-                    self._record(op, status, code, 0, headers, target)
+                    self._record(op, status, code, 0, headers, target, uploading)
                     await _answer(writer, method, status, code, extra)
                     continue
                 fault, delay = self._decide(method, op)
@@ -238,11 +250,11 @@ class FaultProxy:
                     status, code = {"slowdown": (503, "SlowDown"), "internal": (500, "InternalError"),
                                     "error": f.error_answer}[fault]
                     extra = {"Retry-After": f"{f.retry_after:g}"} if fault == "slowdown" and f.retry_after else {}
-                    self._record(op, status, fault, 0)
+                    self._record(op, status, fault, 0, uploading=uploading)
                     await _answer(writer, method, status, code, extra)
                     continue
                 if fault == "reset":
-                    self._record(op, 0, fault, 0)
+                    self._record(op, 0, fault, 0, uploading=uploading)
                     _abort(writer)
                     return
                 if up_writer is None or up_writer.is_closing():
@@ -255,9 +267,10 @@ class FaultProxy:
                 put_bytes = len(body) if method == "PUT" else 0
 
                 def record(status: int, op: str = op, put_bytes: int = put_bytes,
-                           headers: dict[str, str] = headers, target: str = target, cut: bool = cut) -> None:
+                           headers: dict[str, str] = headers, target: str = target, cut: bool = cut,
+                           uploading: int = uploading) -> None:
                     # Counted before the client sees the answer, so tests never race the count.
-                    self._record(op, status, "truncate" if cut else None, put_bytes, headers, target)
+                    self._record(op, status, "truncate" if cut else None, put_bytes, headers, target, uploading)
 
                 rewrite = self.behaviour.response_headers if op in ("GetObject", "HeadObject") else {}
                 status, keep = await self._relay_response(up_reader, writer, method, cut, record, rewrite)

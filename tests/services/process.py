@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +19,25 @@ class ServerFailed(RuntimeError):
     """A server did not start; the message carries its log."""
 
 
+# Each pytest-xdist worker takes its ports from a range of its own, below the kernel's
+# ephemeral ports (32768 and up): a port one worker found free cannot be taken by another
+# worker's server before it binds it.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 8
+_SPAN = 2500
+_next = itertools.count(random.randrange(_SPAN))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    base = 12000 + _WORKER * _SPAN
+    for _ in range(_SPAN):
+        port = base + next(_next) % _SPAN
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ServerFailed(f"no free port in {base}-{base + _SPAN - 1}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
