@@ -27,12 +27,13 @@ $(S3RVER): | $(STAMP) prerequisites
 	  npm install --prefix $(VENV)/s3rver --no-audit --no-fund --silent s3rver@3.7.1; \
 	else echo "make test: npm not found: the s3rver suites are skipped"; fi
 
-test: $(STAMP) prerequisites $(S3RVER)
-	$(BIN)/python -m mypy mastosync
+test: $(STAMP) prerequisites $(S3RVER) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff (the line length included) and mypy in strict mode: part of make test.
 lint: $(STAMP)
 	$(BIN)/ruff check mastosync tests bench
+	$(BIN)/python -m mypy mastosync
 
 demo: $(STAMP)
 	$(BIN)/python tests/services/demo.py

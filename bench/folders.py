@@ -109,7 +109,8 @@ def main() -> None:
                     print(found[tool].line())
                     bench.drop_bucket(bucket)
                 ratios.append(found["mastosync"].rate / found["rclone"].rate)
-            print(f"objects/s ratio mastosync/rclone, {name} (median of {len(ratios)}): {statistics.median(ratios):.2f}")
+            median = statistics.median(ratios)
+            print(f"objects/s ratio mastosync/rclone, {name} (median of {len(ratios)}): {median:.2f}")
     finally:
         sshd.stop()
         bench.stop()

@@ -271,7 +271,8 @@ class AuditStep:
 
 
 async def find_orphans(db: records.Database, store: Store, settings: Settings, prefix: str,
-                       path: Path, hidden: layout.Hidden, written_before: float) -> tuple[dict[str, list[int]], int, int]:
+                       path: Path, hidden: layout.Hidden,
+                       written_before: float) -> tuple[dict[str, list[int]], int, int]:
     """Keys under `prefix` that no record owns, written to `path` (JSON lines); returns the
     count and bytes per type ("other" for keys no record could own), the keys listed, and
     the keys too young to judge. An object written after `written_before` (seconds since the
@@ -421,8 +422,8 @@ def summarise(tallies: dict[str, Tally], orphans: dict[str, list[int]], listed: 
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     print(f"mastosync {'fix' if what.fixing else 'audit'} of the {what.side} ({store.describe()})", file=out)
     for line in (header, *rows):
-        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))),
-              file=out)
+        cells = zip(line, widths, strict=True)
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(cells)), file=out)
     count = sum(n for n, _ in orphans.values())
     if listed:
         size = sum(b for _, b in orphans.values())

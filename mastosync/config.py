@@ -38,7 +38,8 @@ ACLS = (
 def _opt(default: T, **meta: Any) -> T:
     """A field with a default (of the field's type: mypy checks it); meta: secret, parse
     (size|path), min, max, choices."""
-    return typing.cast(T, field(default=default, repr=not meta.get("secret", False), metadata=meta))
+    made: T = field(default=default, repr=not meta.get("secret", False), metadata=meta)
+    return made
 
 
 def _required(**meta: Any) -> Any:
@@ -450,9 +451,10 @@ def _check_together(settings: Settings) -> None:
             )
         if side.endpoint and "@" in urlsplit(side.endpoint).netloc:
             # Never echoed: what stands before the @ is a key and a secret.
+            secret = _env_name(name, "secret_access_key")
             raise ConfigError(f"{name}.endpoint", "holds credentials (user:secret@host); give the endpoint "
                                                   f"without them, and the keys as {name}.access_key_id and "
-                                                  f"{name}.secret_access_key (or {_env_name(name, 'secret_access_key')})")
+                                                  f"{name}.secret_access_key (or {secret})")
         if not side.bucket:
             raise ConfigError(f"{name}.bucket", "required for kind = \"s3\" (or set kind and root for a folder)")
         if side.root:

@@ -167,8 +167,9 @@ def to_folder(settings: Settings) -> str:
     """Back to local storage: Mastodon serves the files itself, from PAPERCLIP_ROOT_PATH."""
     destination = settings.destination
     where = destination.root if destination.kind == "filesystem" else f"{destination.root} on {settings.ssh.host}"
+    old_host = "" if settings.source.is_folder else urlsplit(public_base(settings.source)).netloc
     old = "" if settings.source.is_folder else (
-        f"\n 5. Posts and other servers still link to the old media host ({urlsplit(public_base(settings.source)).netloc}):"
+        f"\n 5. Posts and other servers still link to the old media host ({old_host}):"
         "\n    keep the old bucket readable until their caches have moved on.")
     return f"""\
 Cut-over to the folder {where} (Mastodon's local storage):

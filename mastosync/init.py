@@ -166,7 +166,7 @@ def config_from_env(env: dict[str, str], source_name: str, over_ssh: bool = Fals
         use("S3_KEY_PREFIX", "source.key_prefix")
     public = _public_url(env)
     if public:
-        lines.append(f"public_url = {_toml(public)}   # where its media are served: EXTRA_MEDIA_HOSTS after the cut-over")
+        lines.append(f"public_url = {_toml(public)}   # its media's host: EXTRA_MEDIA_HOSTS after the cut-over")
         for variable in ("S3_ALIAS_HOST", "S3_CLOUDFRONT_HOST", "S3_HOSTNAME", "S3_PROTOCOL"):
             if env.get(variable):
                 use(variable, "source.public_url")
@@ -191,7 +191,9 @@ def _public_url(env: dict[str, str]) -> str:
 
 def _finish(made: FromEnv, lines: list[str], env: dict[str, str]) -> FromEnv:
     """[destination] and [sync], and the relevant variables that were not used."""
-    used = lambda variable: any(v == variable for v, _ in made.used)  # noqa: E731
+    def used(variable: str) -> bool:
+        return any(v == variable for v, _ in made.used)
+
     acl = env.get("S3_PERMISSION", "public-read")
     lines += ["", "[destination]", "# The new bucket: fill these in.", 'bucket = "CHANGE-ME-NEW"',
               'endpoint = ""               # e.g. "https://<account>.r2.cloudflarestorage.com"',

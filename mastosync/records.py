@@ -361,7 +361,7 @@ async def hidden_since(db: Database, since: datetime) -> tuple[frozenset[int], f
 async def clock(db: Database) -> datetime:
     """The database's time, naive UTC as Mastodon stores it: one clock for every run's start,
     whatever the clocks of the machines that run mastosync."""
-    moment = await db.with_retry(lambda conn: conn.fetchval("SELECT now()"))
+    moment: datetime = await db.with_retry(lambda conn: conn.fetchval("SELECT now()"))
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 

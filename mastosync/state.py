@@ -138,7 +138,8 @@ class ResumeState:
                 data = json.loads(self.path.read_text())
                 if data.get("version") == VERSION and data.get("identity") == self.identity:
                     saved = {} if restart else data.get("types", {})
-                    unfinished = any(not t.get("complete") and (t.get("done_through") is not None or t.get("failed_ids"))
+                    unfinished = any(not t.get("complete")
+                                     and (t.get("done_through") is not None or t.get("failed_ids"))
                                      for t in saved.values())
                     if unfinished and data.get("sequence_started"):
                         self.sequence_started = datetime.fromisoformat(data["sequence_started"])

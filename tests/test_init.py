@@ -101,7 +101,8 @@ def test_init_over_ssh_reads_the_env_file_on_the_mastodon_host(tmp_path: Path,
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("extra,root", [("", "{live}/public/system"), ("PAPERCLIP_ROOT_PATH=/srv/files\n", "/srv/files")])
+@pytest.mark.parametrize("extra,root", [("", "{live}/public/system"),
+                                        ("PAPERCLIP_ROOT_PATH=/srv/files\n", "/srv/files")])
 def test_init_for_an_instance_on_local_storage(tmp_path: Path, extra: str, root: str) -> None:
     """No S3_ENABLED: the source is the folder Mastodon keeps its files in."""
     live = tmp_path / "live"

@@ -72,7 +72,8 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
         log = tmp_path / "resumed.jsonl"
         resumed = run_cli("run", "--log-file", str(log), config=config)
         assert resumed.returncode == 0, resumed.stderr
-        assert f"resuming an unfinished run (--restart starts over): media_attachments after id {mark}" in resumed.stdout
+        resuming = f"resuming an unfinished run (--restart starts over): media_attachments after id {mark}"
+        assert resuming in resumed.stdout
         # Only the records after the mark are read again (a resume that started over would read
         # all 153 and skip the copied ones: nothing uploaded twice, yet nothing resumed).
         summary = [json.loads(line) for line in log.read_text().splitlines()][-1]

@@ -143,7 +143,8 @@ async def test_dry_run_formats_for_other_engines(tmp_path: Path, mastodon_db: Ma
     csv = run_cli("dry-run", "--format", "s3-batch-csv", config=config)
     lines = csv.stdout.splitlines()
     assert all(line.startswith("old-bucket,") for line in lines) and len(lines) == len(inst.objects)
-    odd = "media_attachments/files/000/000/002/original/My%20holiday%20%281%29%20%2B%C3%A9t%C3%A9%40home%20%27best%27.jpg"
+    odd = ("media_attachments/files/000/000/002/original/"
+           "My%20holiday%20%281%29%20%2B%C3%A9t%C3%A9%40home%20%27best%27.jpg")
     assert f"old-bucket,{odd}" in lines  # keys URL-encoded, as S3 Batch Operations manifests want
 
 

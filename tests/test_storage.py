@@ -37,7 +37,8 @@ def settings(**values: str) -> BucketSettings:
     ({"endpoint": "http://127.0.0.1:9000", "addressing_style": "path"}, "http://127.0.0.1:9000", "/media-bucket/"),
     ({"endpoint": "https://s3.example.com/", "addressing_style": "virtual"},
      "https://media-bucket.s3.example.com", "/"),
-    ({"endpoint": "https://gw.example.com/s3", "addressing_style": "path"}, "https://gw.example.com", "/s3/media-bucket/"),
+    ({"endpoint": "https://gw.example.com/s3", "addressing_style": "path"}, "https://gw.example.com",
+     "/s3/media-bucket/"),
     # auto: virtual only on AWS, and only for names that can be host names
     ({"endpoint": "", "region": "eu-central-1", "addressing_style": "auto"},
      "https://media-bucket.s3.eu-central-1.amazonaws.com", "/"),

@@ -45,7 +45,8 @@ class LocalReader:
         self._run = run
 
     async def read(self, n: int, offset: int) -> bytes | bytearray:
-        return await self._run(_read_exactly, self.fd, n, offset)
+        data: bytes | bytearray = await self._run(_read_exactly, self.fd, n, offset)
+        return data
 
     async def close(self) -> None:
         if self.fd >= 0:

@@ -189,7 +189,8 @@ async def test_weird_but_valid_data(tmp_path: Path, mastodon_db: MastodonDb, rcl
     for key, data in objects.items():
         rclone.put(src, key, data, "application/octet-stream")
     config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src),
-                          destination=(rclone, dst), destination_endpoint=rclone.endpoint.replace("127.0.0.1", "localhost"),
+                          destination=(rclone, dst),
+                          destination_endpoint=rclone.endpoint.replace("127.0.0.1", "localhost"),
                           extra={"destination": {"acl": ""}})
     result = run_cli("run", config=config, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
