@@ -137,7 +137,8 @@ def test_bad_configuration_is_named(tmp_path: Path, text: str, message: str) -> 
 
 
 def test_bad_environment_value_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"MASTOSYNC_SYNC_CONCURRENCY \(the environment's sync.concurrency\): expected an integer"):
+    named = r"MASTOSYNC_SYNC_CONCURRENCY \(the environment's sync.concurrency\): expected an integer"
+    with pytest.raises(ConfigError, match=named):
         config.load(write(tmp_path, MINIMAL), environ={"MASTOSYNC_SYNC_CONCURRENCY": "lots"})
 
 
