@@ -465,6 +465,39 @@ def status(config_path: str | None) -> None:
     sys.exit(0 if complete else 1)
 
 
+@cli.command("check")
+@config_option
+@json_option
+def check_command(config_path: str | None, as_json: bool) -> None:
+    """Know before starting: one row per check, passed or not, with the fix.
+
+    The configuration; the SSH host key; the database (reachable, its Mastodon version,
+    SELECT on every table read); the source (readable, and a sample of the objects the
+    database references present: a wrong key_prefix or root shows here); the destination
+    (writable, multipart uploads, the ACL accepted or ACLs disabled); each endpoint's clock;
+    free space for a folder destination; and the estimate: objects, bytes, and the time at
+    the speed measured on the sample. Writes nothing that stays. Exit 0 when every check
+    passes, 1 otherwise.
+    """
+    import asyncio
+    import json
+
+    from mastosync import check
+    from mastosync.errors import ConfigError
+
+    try:
+        settings = _load(config_path)
+    except ConfigError as exc:
+        rows = [check.Row("configuration", False, str(exc), "see config.sample.toml")]
+    else:
+        rows = asyncio.run(check.run_checks(settings, settings.sync.concurrency))
+    if as_json:
+        click.echo(json.dumps(check.as_json(rows)))
+    else:
+        click.echo(redact(check.render(rows)), nl=False)
+    sys.exit(0 if check.as_json(rows)["ok"] else 1)
+
+
 @cli.command("cutover")
 @config_option
 def cutover_command(config_path: str | None) -> None:

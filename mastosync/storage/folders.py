@@ -70,6 +70,10 @@ class Files(Protocol):
 
     where: str  # for messages: "/srv/x" or "mastodon@host:22:/srv/x"
 
+    async def free_bytes(self) -> int | None:
+        """Bytes free for an unprivileged writer under the root, when that can be told."""
+        ...
+
     async def stat_of(self, path: str) -> tuple[int, float] | None:
         """(size, mtime) of a regular file, None when there is none."""
         ...
@@ -205,6 +209,12 @@ class FolderStore:
     async def public_read(self, key: str) -> bool:
         """Whether the web server may serve the file: readable by others (0644, not 0600)."""
         return bool(await self.files.mode_of(key) & 0o004)
+
+    async def clock_skew(self) -> float | None:
+        return None  # nothing signed, nothing to be skewed
+
+    async def free_bytes(self) -> int | None:
+        return await self.files.free_bytes()
 
     async def acls_disabled(self) -> str:
         return ""  # a file's mode always says who reads it

@@ -140,6 +140,13 @@ class LocalFiles:
             return None
         return (found.st_size, found.st_mtime) if stat.S_ISREG(found.st_mode) else None
 
+    async def free_bytes(self) -> int | None:
+        try:
+            found = await self.run(os.statvfs, self.root, what="free space")
+        except StorageError:
+            return None
+        return found.f_bavail * found.f_frsize
+
     async def entries(self, key: str) -> list[Entry] | None:
         try:
             return await self.run(_entries, self.path(key), what=f"list {key or '/'}")

@@ -377,7 +377,8 @@ class Bucket:
             payload_hash = UNSIGNED_PAYLOAD
         else:
             payload_hash = hashlib.sha256(body).hexdigest()
-        now = datetime.now(UTC) + timedelta(seconds=self._clock_offset) if self._clock_offset else None
+        signed_with = self._clock_offset
+        now = datetime.now(UTC) + timedelta(seconds=signed_with) if signed_with else None
         signed = signer.sign(method, self._host, path, query_string, headers or {}, payload_hash, now)
         signed["user-agent"] = USER_AGENT
         target = f"{path}?{query_string}" if query_string else path
@@ -393,7 +394,7 @@ class Bucket:
                     error_body = b""
                 finally:
                     response.release()
-                self._correct(response, error_body)  # raises _Redo when worth sending again
+                self._correct(response, error_body, signed_with)  # raises _Redo when worth sending again
                 raise answer_error(what, response.status, error_body, _retry_after(response.headers))
             if stream:
                 response.on_release, held = self.pacer.release, False
@@ -425,8 +426,10 @@ class Bucket:
         self.pacer.succeeded()
         return response, data
 
-    def _correct(self, response: Response, error_body: bytes) -> None:
-        """Raise _Redo when the answer shows what to fix: the bucket's region, or our clock."""
+    def _correct(self, response: Response, error_body: bytes, signed_with: float = 0.0) -> None:
+        """Raise _Redo when the answer shows what to fix: the bucket's region, or our clock
+        (`signed_with`: the clock offset the request was signed with; requests in flight when
+        another one learnt the server's clock are sent again with it, not failed)."""
         region = response.headers.get("x-amz-bucket-region")
         found = ERROR_CODE.search(error_body)
         code = found.group(1).decode("utf-8", "replace") if found else ""
@@ -442,6 +445,8 @@ class Bucket:
             if offset is not None and abs(offset - self._clock_offset) > 60:
                 self._clock_offset = offset
                 raise _Redo()
+            if abs(self._clock_offset - signed_with) > 60:
+                raise _Redo()  # corrected meanwhile, by an answer to another request
 
     def _failed(self) -> None:
         self.pacer.failed()
@@ -719,6 +724,18 @@ class Bucket:
         return any(grant.findtext("Permission") in ("READ", "FULL_CONTROL")
                    and (grant.findtext("Grantee/URI") or "").endswith("/global/AllUsers")
                    for grant in root.iter("Grant"))
+
+    async def clock_skew(self) -> float | None:
+        """The endpoint's clock minus this machine's, in seconds, from a listing's Date header."""
+        query = {"list-type": "2", "max-keys": "1"}
+        if self.settings.key_prefix:
+            query["prefix"] = full_key(self.settings.key_prefix, "")
+        response, _ = await self._send("GET", None, "ListObjectsV2", query)
+        moment = _http_time(response.headers.get("date"))
+        return None if moment is None else moment - time.time()
+
+    async def free_bytes(self) -> int | None:
+        return None  # a bucket has no size to fill
 
     async def acls_disabled(self) -> str:
         """Why the bucket has no per-object ACLs ("" when it has them, or cannot tell): AWS's Object

@@ -86,6 +86,13 @@ class SftpFiles:
             return None
         return attrs.size, float(attrs.mtime or 0)
 
+    async def free_bytes(self) -> int | None:
+        try:
+            found = await self._call("free space", "statvfs", self.root)  # statvfs@openssh.com
+        except StorageError:
+            return None
+        return int(found.f_bavail * found.f_frsize)
+
     async def entries(self, key: str) -> list[Entry] | None:
         try:
             names = await self._call(f"list {key or '/'}", "readdir", self.path(key) if key else self.root)

@@ -272,7 +272,9 @@ class FaultProxy:
                     # Counted before the client sees the answer, so tests never race the count.
                     self._record(op, status, "truncate" if cut else None, put_bytes, headers, target, uploading)
 
-                rewrite = self.behaviour.response_headers if op in ("GetObject", "HeadObject") else {}
+                rewrite = dict(self.behaviour.response_headers) if op in ("GetObject", "HeadObject") else {}
+                if self.behaviour.clock_offset:  # every answer tells this server's (wrong) time
+                    rewrite["Date"] = email.utils.formatdate(time.time() + self.behaviour.clock_offset, usegmt=True)
                 status, keep = await self._relay_response(up_reader, writer, method, cut, record, rewrite)
                 if not keep:
                     _abort(writer)

@@ -10,6 +10,8 @@ Column lists as in Mastodon's db/schema.rb.
 from __future__ import annotations
 
 SHAPES = ("4.6", "4.2")
+# The newest migration of each shape's release, as Rails records them in schema_migrations.
+LAST_MIGRATION = {"4.6": "20260611150940", "4.2": "20230803112520"}
 
 
 def schema_sql(shape: str = "4.6") -> str:
@@ -140,6 +142,8 @@ CREATE TABLE preview_card_providers (
     updated_at timestamp without time zone DEFAULT now() NOT NULL
 );
 {imports}
+CREATE TABLE schema_migrations (version character varying PRIMARY KEY);
+INSERT INTO schema_migrations (version) VALUES ('20170101000000'), ('{LAST_MIGRATION[shape]}');
 """
 
 
