@@ -523,7 +523,7 @@ def cutover_command(config_path: str | None) -> None:
                           for name in unproven)
         raise VerifyGaps(f"the cut-over settings are printed once `mastosync verify --all` has found nothing absent "
                          f"or different ({found})")
-    click.echo(cutover.instructions(settings), nl=False)
+    click.echo(cutover.instructions(settings, RunHistory(settings.sync.state_dir).mastodon()), nl=False)
 
 
 class _RedactingFilter(logging.Filter):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from mastosync import version
 from mastosync.config import BucketSettings, DestinationSettings, Settings
 from mastosync.errors import UsageError
 
@@ -49,10 +50,10 @@ def _protocol_and_hostname(side: BucketSettings) -> tuple[str, str]:
     return parts.scheme, f"{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def env_lines(destination: DestinationSettings) -> list[str]:
+def env_lines(destination: DestinationSettings, mastodon: str | None = None) -> list[str]:
     """The .env.production block for the destination: complete, each live line as it must be;
     what needs a word of explanation has it on a comment line of its own (dotenv files take no
-    comments after a value)."""
+    comments after a value). `mastodon`: the release the database belongs to, when known."""
     protocol, hostname = _protocol_and_hostname(destination)
     lines = ["S3_ENABLED=true", f"S3_BUCKET={destination.bucket}", f"S3_REGION={destination.region or 'us-east-1'}"]
     if destination.endpoint:
@@ -71,7 +72,11 @@ def env_lines(destination: DestinationSettings) -> list[str]:
     lines.append(f"S3_PERMISSION={destination.acl}")
     if destination.storage_class:
         lines.append(f"S3_STORAGE_CLASS={destination.storage_class}")
-    if destination.key_prefix:
+    if destination.key_prefix and mastodon is not None and not version.at_least(mastodon, (4, 3)):
+        # Before 4.3 Mastodon ignores it: every URL would miss the prefix the files are under.
+        lines += [f"# S3_KEY_PREFIX={destination.key_prefix} would be ignored: it needs Mastodon 4.3 or later, and "
+                  f"this database is {mastodon}'s; upgrade Mastodon first, or copy without destination.key_prefix"]
+    elif destination.key_prefix:
         lines += ["# S3_KEY_PREFIX needs Mastodon 4.3 or later", f"S3_KEY_PREFIX={destination.key_prefix}"]
     return lines
 
@@ -122,15 +127,16 @@ def _scheme_of(side: BucketSettings) -> str:
     return urlsplit(public_base(side)).scheme
 
 
-def instructions(settings: Settings) -> str:
-    """The cut-over, step by step, for this source and destination."""
+def instructions(settings: Settings, mastodon: str | None = None) -> str:
+    """The cut-over, step by step, for this source and destination (`mastodon`: the release of
+    the database, when known: S3_KEY_PREFIX needs 4.3)."""
     if settings.destination.is_folder:
         return to_folder(settings)
     destination = settings.destination
     _refuse_unservable(destination)
     new = public_base(destination)
     new_parts = urlsplit(new)
-    env = env_lines(destination)
+    env = env_lines(destination, mastodon)
     if not settings.source.is_folder:
         # Files served by Mastodon's own host before (local storage) need no other host allowed.
         old = urlsplit(public_base(settings.source))

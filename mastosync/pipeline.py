@@ -40,6 +40,7 @@ from mastosync.steps.copy import CopyStep
 from mastosync.storage import ServerSideCopy, Store
 from mastosync.storage.retry import RetryPolicy
 from mastosync.transfer import Copier, MemoryBudget, keep_large_buffers_mapped
+from mastosync.version import mastodon_release
 from mastosync.visibility import AppliedVisibility, Changed, owners_to_recheck, reapply
 from mastosync.workers import Engine, drive
 
@@ -105,6 +106,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         # The database's clock, naive UTC as Mastodon's timestamps: what --since compares with.
         started = await records.clock(connected.db)
         state.sequence_started = state.sequence_started or started
+        release = await mastodon_release(connected.db)
         if events is not None:
             events.event("start", command="run", types=list(request.types), started=started.isoformat(),
                          since=request.since.isoformat() if request.since else None)
@@ -157,9 +159,11 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             RunHistory(settings.sync.state_dir).record(settings, request.types, started,
                                                        await ended_at(connected.db), request.since,
                                                        complete, request.shard, state.sequence_started,
-                                                       request.limit)
+                                                       request.limit, mastodon=release[1] if release else None)
             if changed is not None and changed.records:
                 display.message(changed.describe())
+            if release is not None:
+                display.message(f"database: Mastodon {release[1]} (newest migration {release[0]})")
             summarise_run(display, stats, progress, started, complete, request)
             summary = {"command": "run", "started": started.isoformat(), "complete": complete,
                        "report": str(report.path), **summary_json(list(stats.values()))}
@@ -262,6 +266,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
         engine = Engine(settings, connected.db, request, connected.queries, {}, progress, stats, check, display,
                         connected.learn_sizes(need_source=True), connected.hidden)
         started = await records.clock(connected.db)
+        release = await mastodon_release(connected.db)
 
         def at_end() -> None:
             if not engine.signals and engine.fatal is None:
@@ -287,7 +292,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
             RunHistory(settings.sync.state_dir).record(
                 settings, request.types, started, await ended_at(connected.db), request.since,
                 engine.fatal is None, request.shard, limit=request.limit, command="verify",
-                clean=engine.fatal is None and not gaps)
+                clean=engine.fatal is None and not gaps, mastodon=release[1] if release else None)
         if isinstance(engine.fatal, SourceMisconfigured):
             await explain(engine.fatal, watch, settings.source, connected.source)
     if engine.fatal is not None:
@@ -301,7 +306,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
             and request.shard is None):
         # Everything checked and complete: what to change next.
         try:
-            text = cutover.instructions(settings)
+            text = cutover.instructions(settings, release[1] if release else None)
         except UsageError as exc:  # a setting the printed lines need is missing: say which
             text = f"cut-over: {exc}\n"
         (sys.stderr if as_json else sys.stdout).write("\n" + text)

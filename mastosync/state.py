@@ -226,10 +226,10 @@ class RunHistory:
     def record(self, settings: Settings, types: tuple[str, ...], started: datetime, ended: datetime,
                since: datetime | None, complete: bool, shard: tuple[int, int] | None = None,
                baseline: datetime | None = None, limit: int | None = None, command: str = "run",
-               clean: bool | None = None) -> None:
+               clean: bool | None = None, mastodon: str | None = None) -> None:
         entry = {"selection": selection(settings, shard), "types": list(types), "started": started.isoformat(),
                  "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete,
-                 "baseline": (baseline or started).isoformat(), "limit": limit}
+                 "baseline": (baseline or started).isoformat(), "limit": limit, "mastodon": mastodon}
         if command != "run":
             entry["command"] = command
         if clean is not None:
@@ -272,6 +272,10 @@ class RunHistory:
         starts = [datetime.fromisoformat(e["started"]) for e in self._entries()
                   if e.get("command", "run") == "run" and e.get("selection") == wanted]
         return max(starts, default=None)
+
+    def mastodon(self) -> str | None:
+        """The Mastodon release the latest run or verify found in the database."""
+        return next((e["mastodon"] for e in reversed(self._entries()) if e.get("mastodon")), None)
 
     def last_verify(self, settings: Settings) -> dict[str, bool | None]:
         """Per type: whether the latest whole verify of it (no --limit, --since or --shard)

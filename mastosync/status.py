@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mastosync.config import format_size
+from mastosync.state import RunHistory
 
 
 def read_states(state_dir: str) -> list[dict[str, Any]]:
@@ -63,6 +64,9 @@ def report(state_dir: str) -> tuple[str, bool]:
         lines.append(f"shards of {n}: {len(have)} with saved progress"
                      + (f"; not started: {', '.join(map(str, missing))}" if missing else ""))
         complete_all = complete_all and not missing
+    release = RunHistory(state_dir).mastodon()
+    if release:
+        lines.append(f"database: Mastodon {release} (as the latest run found it)")
     lines.append(f"whole migration: copied {totals['copied']}, skipped {totals['skipped']}, missing "
                  f"{totals['missing']}, {format_size(totals['bytes'])} moved; "
                  + ("every state complete" if complete_all else "unfinished"))

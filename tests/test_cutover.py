@@ -118,3 +118,21 @@ def test_a_plain_get_of_the_printed_url_returns_the_object(tmp_path: Path, moto:
     _, env = printed_env(cutover.instructions(settings_for(tmp_path, destination)))
     with urllib.request.urlopen(cutover.paperclip_url(env, KEY), timeout=10) as answer:  # no signature
         assert answer.read() == b"the bytes"
+
+
+@pytest.mark.parametrize("mastodon,live", [("4.2", False), ("4.3", True), ("4.6", True), (None, True)])
+def test_the_key_prefix_line_needs_mastodon_4_3(tmp_path: Path, mastodon: str | None, live: bool) -> None:
+    settings = settings_for(tmp_path, {"region": "eu-central-1", "bucket": "new", "key_prefix": "media"})
+    block, env = printed_env(cutover.instructions(settings, mastodon))
+    assert ("S3_KEY_PREFIX" in env) == live
+    if not live:
+        assert any("needs Mastodon 4.3 or later, and this database is 4.2's" in line for line in block)
+
+
+def test_mastodon_releases_from_migrations() -> None:
+    from mastosync.version import at_least, release_of
+
+    assert release_of(20230803112520) == "4.2" and release_of(20240101000000) == "4.2"
+    assert release_of(20240916190140) == "4.3" and release_of(20260611150940) == "4.6"
+    assert release_of(20160101000000) == "older than 2.0" and not at_least("older than 2.0", (4, 3))
+    assert release_of(20990101000000).startswith("4.7 or newer") and at_least("4.7 or newer (x)", (4, 3))

@@ -75,6 +75,7 @@ async def test_run_copies_exactly_what_the_database_references(
     assert summary_row(result.stdout, "imports")["duration"] == "-"  # no such table on 4.6: never started
     assert summary_row(result.stdout, "media_attachments")["duration"] != "-"
     assert "MiB/s" in summary_row(result.stdout) or "MiB/s" in result.stdout
+    assert f"database: Mastodon {mastodon_db.shape} (newest migration" in result.stdout
 
     # A second run over the synced destination moves no data.
     proxy.reset_counters()
