@@ -196,6 +196,13 @@ def cli(config_path: str | None) -> None:
 @click.option("--checksum", is_flag=True,
               help="Skip an object already at the destination only when its content is the same (equal MD5 "
               "ETags), not merely its size; copy it again otherwise. Costs a HEAD on both sides per object.")
+@click.option("--bwlimit", metavar="RATE|TIMETABLE",
+              help="Object bytes read from the source per second, all copies together: 10M, 512K, off, or a "
+              "timetable by local time as rclone writes it, \"08:00,10M 23:00,off\" (default: sync.bwlimit). "
+              "Server-side copies move no byte through mastosync and are not limited.")
+@click.option("--tpslimit", type=click.FloatRange(0), metavar="N",
+              help="Requests per second to each bucket, for providers that bill or throttle by request "
+              "(default: sync.tpslimit; 0: none).")
 def run(
     config_path: str | None,
     types: tuple[str, ...],
@@ -208,6 +215,8 @@ def run(
     log_file: str | None,
     as_json: bool,
     checksum: bool,
+    bwlimit: str | None,
+    tpslimit: float | None,
 ) -> None:
     """Copy every object the database references to the destination bucket.
 
@@ -218,10 +227,23 @@ def run(
     account was suspended or unsuspended, or whose post was removed, since the last run.
     A report of failed and missing objects is written under sync.state_dir.
     """
+    import dataclasses
+
     from mastosync import pipeline
+    from mastosync.errors import UsageError
     from mastosync.request import Request
+    from mastosync.storage.limits import Timetable
 
     settings = _load(config_path)
+    if bwlimit is not None:
+        try:
+            Timetable.parse(bwlimit)
+        except ValueError as exc:
+            raise UsageError(f"--bwlimit: {exc}; expected 10M, 512K, off, or \"08:00,10M 23:00,off\"") from None
+    sync = settings.sync
+    settings = dataclasses.replace(settings, sync=dataclasses.replace(
+        sync, bwlimit=sync.bwlimit if bwlimit is None else bwlimit,
+        tpslimit=sync.tpslimit if tpslimit is None else tpslimit))
     pipeline.run(
         settings,
         Request(

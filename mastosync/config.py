@@ -149,6 +149,10 @@ class SyncSettings:
     # `run --since last` starts this long before the baseline run: Paperclip writes an object
     # before its row's transaction commits, so a row may appear later than its file.
     since_margin: float = _opt(300.0, parse="duration", min=0, max=7 * 86400)
+    # Object bytes read from the source per second, for every copy of the run: "10M", "512K",
+    # "off", or a timetable by local time as rclone writes it: "08:00,10M 23:00,off".
+    bwlimit: str = _opt("off")
+    tpslimit: float = _opt(0.0, min=0, max=100_000)  # requests per second to each bucket; 0: none
 
 
 @dataclass(frozen=True)
@@ -483,6 +487,13 @@ def _check_together(settings: Settings) -> None:
                                                  "not both")
         if side.ca_bundle and not Path(side.ca_bundle).is_file():
             raise ConfigError(f"{name}.ca_bundle", f"no such file: {side.ca_bundle}")
+    from mastosync.storage.limits import Timetable
+
+    try:
+        Timetable.parse(settings.sync.bwlimit)
+    except ValueError as exc:
+        raise ConfigError("sync.bwlimit", f"{exc}; expected a rate such as \"10M\", \"512K\", \"off\", or a "
+                                          "timetable such as \"08:00,10M 23:00,off\"") from None
     if settings.database.sslrootcert and not Path(settings.database.sslrootcert).is_file():
         raise ConfigError("database.sslrootcert", f"no such file: {settings.database.sslrootcert}")
     if settings.ssh.enabled:

@@ -104,15 +104,17 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
         side = settings.source if only == "source" else settings.destination
         # Mastodon's S3_PERMISSION is one setting: the old bucket was written as the new one is.
         store: Store = await stack.enter_async_context(make_store(side, only, pool, settings.sync.timeout, tunnel,
-                                                                  acl=settings.destination.acl))
+                                                                  acl=settings.destination.acl,
+                                                                  tpslimit=settings.sync.tpslimit))
         source = destination = store
         checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, extra=store.headers_for(Head(0), False)),
                                                      return_exceptions=True)
     else:
         source = await stack.enter_async_context(
-            make_store(settings.source, "source", pool, settings.sync.timeout, tunnel))
+            make_store(settings.source, "source", pool, settings.sync.timeout, tunnel, tpslimit=settings.sync.tpslimit))
         destination = await stack.enter_async_context(
-            make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel))
+            make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel,
+                       tpslimit=settings.sync.tpslimit))
         # Both at once, and while the database is asked what to do: each check is a round
         # trip or two to a provider that may be far away. The write check sends what every
         # copy sends (ACL, storage class), so a bucket that refuses them is found now.

@@ -38,6 +38,7 @@ from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, R
 from mastosync.steps.check import CheckStep
 from mastosync.steps.copy import CopyStep
 from mastosync.storage import ServerSideCopy, Store
+from mastosync.storage.limits import Timetable, bandwidth_limit
 from mastosync.storage.retry import RetryPolicy
 from mastosync.transfer import Copier, MemoryBudget, keep_large_buffers_mapped
 from mastosync.version import mastodon_release
@@ -72,7 +73,7 @@ def make_copier(settings: Settings, source: Store, destination: Store, events: E
         # Both sides one account on one endpoint: the destination copies from the source itself.
         server_side=(cast(ServerSideCopy, destination)
                      if settings.source.same_place_as(settings.destination) and settings.source.endpoint else None),
-        checksum=checksum,
+        checksum=checksum, bandwidth=bandwidth_limit(Timetable.parse(sync.bwlimit)),
     )
     if events is not None:
         copier.on_retry = lambda key, attempt, error: events.event("retry", key=key, attempt=attempt, error=error)
@@ -116,6 +117,11 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                           out=sys.stderr if request.as_json else None)
         if events is not None:
             display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json())
+        timetable = Timetable.parse(settings.sync.bwlimit)
+        if bandwidth_limit(timetable) is not None or settings.sync.tpslimit:
+            tps = f", {settings.sync.tpslimit:g} requests/s to each bucket" if settings.sync.tpslimit else ""
+            display.limit_text = lambda: (f"limit {timetable.describe(timetable.rate_at(datetime.now()))}"
+                                          f" read{tps}")
         destination = connected.destination
         if destination.keeps_metadata and not settings.destination.acl:
             display.private_note = (

@@ -203,6 +203,7 @@ class Display:
         # Said instead of "kept private" where the destination cannot keep anything private
         # ({private}: how many objects Mastodon keeps private).
         self.private_note: str | None = None
+        self.limit_text: Callable[[], str] | None = None  # the limits in force, shown with the progress
         self.on_tick: Any = None  # called every `interval` while running (the --log-file's progress lines)
         self.window = RateWindow()
         self.out = out or sys.stdout
@@ -288,10 +289,11 @@ class Display:
                   if self.mode == "copy" else
                   f"ok {total.ok} absent {total.absent} different {total.different} missing {total.missing}")
         fraction = "" if total.fraction is None else f"{total.fraction:.1%} "
+        limit = f"; {self.limit_text()}" if self.limit_text is not None else ""
         return (f"progress: {fraction}{', '.join(parts) or 'starting'} objects; {counts}; "
                 f"{_done_of(total.bytes_done, total.bytes_expected, format_size)}, "
                 f"{_rate(total.objects, total.elapsed)} obj/s, {_mib_per_s(total.bytes, total.elapsed)}, "
-                f"ETA {_duration(self.window.eta(total))}")
+                f"ETA {_duration(self.window.eta(total))}{limit}")
 
     def _render(self) -> Group:
         table = Table(box=box.SIMPLE_HEAD, expand=False, padding=(0, 1), pad_edge=False)
@@ -315,6 +317,8 @@ class Display:
             self._bar.update(self._task, total=1000, completed=round(overall.fraction * 1000),
                              rate=_mib_per_s(overall.bytes, overall.elapsed),
                              eta=_duration(self.window.eta(overall)))
+        if self.limit_text is not None:
+            return Group(table, self._bar, self.limit_text())
         return Group(table, self._bar)
 
     def summary(self, title: str) -> None:

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 from mastosync.outcome import Outcome, Proof, Status
 from mastosync.storage import Body, ServerSideCopy, Store
 from mastosync.storage.base import Head, NotFound, StorageError, Transient
+from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT, MAX_PARTS
 
@@ -209,6 +210,7 @@ class Copier:
     # The destination, when it can copy from the source itself (one endpoint and account).
     server_side: ServerSideCopy | None = None
     checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
+    bandwidth: RateLimit | None = None  # --bwlimit: object bytes read from the source per second
     on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
 
     async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
@@ -400,6 +402,8 @@ class Copier:
                       mismatched: str | None) -> tuple[Proof, str | None]:
         held = await self.budget.acquire(head.size)
         try:
+            if self.bandwidth is not None:
+                await self.bandwidth.take(head.size)
             data = await body.read(head.size, last=True)
             digest = await md5_of(data)
             proof, note = self._weakest, None
@@ -429,6 +433,8 @@ class Copier:
                 size = min(part_size, remaining)
                 held = await self.budget.acquire(size)
                 try:
+                    if self.bandwidth is not None:
+                        await self.bandwidth.take(size)
                     data = await body.read(size, last=(size == remaining))
                     digest = await md5_of(data)
                     if whole is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.storage.base import Head
+from mastosync.storage.limits import request_limit
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket
 
@@ -107,7 +108,7 @@ def needs_ssh(*sides: BucketSettings) -> bool:
 
 
 def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None,
-               acl: str | None = None) -> Store:
+               acl: str | None = None, tpslimit: float = 0.0) -> Store:
     """The store for one side of the copy (to be entered as an async context manager); `acl`:
     what a side other than the destination is written with (fix --side source)."""
     owner = side.owner if isinstance(side, DestinationSettings) else ""
@@ -123,4 +124,4 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
         if tunnel is None:  # connect.open_ssh opens it for every sftp side: a wiring defect
             raise TypeError(f"{label}: an sftp side needs the SSH connection")
         return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)
-    return Bucket(side, pool, timeout, label, acl)
+    return Bucket(side, pool, timeout, label, acl, request_limit(tpslimit))

@@ -54,6 +54,7 @@ from mastosync.storage.base import (
     Unreachable,
     content_md5,
 )
+from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.sigv4 import (
     EMPTY_SHA256,
@@ -247,8 +248,9 @@ class Bucket:
     keeps_metadata = True
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
-                 label: str = "bucket", acl: str | None = None) -> None:
+                 label: str = "bucket", acl: str | None = None, tps: RateLimit | None = None) -> None:
         self.settings = settings
+        self.tps = tps  # --tpslimit: requests per second to this bucket
         self.acl = acl  # the ACL of public objects when this is not the destination (fix --side source)
         self.name = settings.bucket
         self.label = label
@@ -383,6 +385,8 @@ class Bucket:
         signed["user-agent"] = USER_AGENT
         target = f"{path}?{query_string}" if query_string else path
         transport = self.transport or self._open_transport()  # used outside `async with`: opened now
+        if self.tps is not None:
+            await self.tps.take(1)
         await self.pacer.acquire()
         held = True
         try:
