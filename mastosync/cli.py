@@ -200,6 +200,9 @@ def cli(config_path: str | None) -> None:
               help="Object bytes read from the source per second, all copies together: 10M, 512K, off, or a "
               "timetable by local time as rclone writes it, \"08:00,10M 23:00,off\" (default: sync.bwlimit). "
               "Server-side copies move no byte through mastosync and are not limited.")
+@click.option("--metrics", "metrics_addr", metavar="ADDR",
+              help="Serve Prometheus metrics at http://ADDR/metrics while running, e.g. 127.0.0.1:9464 (default: "
+              "sync.metrics_addr); they stay up sync.metrics_linger (15 s) after the run for the last scrape.")
 @click.option("--tpslimit", type=click.FloatRange(0), metavar="N",
               help="Requests per second to each bucket, for providers that bill or throttle by request "
               "(default: sync.tpslimit; 0: none).")
@@ -216,6 +219,7 @@ def run(
     as_json: bool,
     checksum: bool,
     bwlimit: str | None,
+    metrics_addr: str | None,
     tpslimit: float | None,
 ) -> None:
     """Copy every object the database references to the destination bucket.
@@ -228,6 +232,7 @@ def run(
     A report of failed and missing objects is written under sync.state_dir.
     """
     import dataclasses
+    import re
 
     from mastosync import pipeline
     from mastosync.errors import UsageError
@@ -240,10 +245,13 @@ def run(
             Timetable.parse(bwlimit)
         except ValueError as exc:
             raise UsageError(f"--bwlimit: {exc}; expected 10M, 512K, off, or \"08:00,10M 23:00,off\"") from None
+    if metrics_addr is not None and not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", metrics_addr):
+        raise UsageError(f"--metrics {metrics_addr!r}: expected HOST:PORT such as 127.0.0.1:9464")
     sync = settings.sync
     settings = dataclasses.replace(settings, sync=dataclasses.replace(
         sync, bwlimit=sync.bwlimit if bwlimit is None else bwlimit,
-        tpslimit=sync.tpslimit if tpslimit is None else tpslimit))
+        tpslimit=sync.tpslimit if tpslimit is None else tpslimit,
+        metrics_addr=sync.metrics_addr if metrics_addr is None else metrics_addr))
     pipeline.run(
         settings,
         Request(

@@ -153,6 +153,10 @@ class SyncSettings:
     # "off", or a timetable by local time as rclone writes it: "08:00,10M 23:00,off".
     bwlimit: str = _opt("off")
     tpslimit: float = _opt(0.0, min=0, max=100_000)  # requests per second to each bucket; 0: none
+    # Prometheus metrics at http://ADDR/metrics while running ("127.0.0.1:9464"); "": none.
+    metrics_addr: str = _opt("")
+    # How long the metrics stay up after the run, so that the last scrape sees its end.
+    metrics_linger: float = _opt(15.0, parse="duration", min=0, max=3600)
 
 
 @dataclass(frozen=True)
@@ -488,6 +492,10 @@ def _check_together(settings: Settings) -> None:
         if side.ca_bundle and not Path(side.ca_bundle).is_file():
             raise ConfigError(f"{name}.ca_bundle", f"no such file: {side.ca_bundle}")
     from mastosync.storage.limits import Timetable
+
+    if settings.sync.metrics_addr and not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", settings.sync.metrics_addr):
+        raise ConfigError("sync.metrics_addr", "expected HOST:PORT such as 127.0.0.1:9464 (0.0.0.0:9464 for every "
+                                               "interface)")
 
     try:
         Timetable.parse(settings.sync.bwlimit)

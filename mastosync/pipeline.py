@@ -29,6 +29,7 @@ from mastosync.errors import (
     UsageError,
     VerifyGaps,
 )
+from mastosync.metrics import RunState, serving
 from mastosync.observers import CopyBook, VerifyBook
 from mastosync.plan import Job
 from mastosync.progress import Display, Stats, summary_json, total_of
@@ -140,12 +141,22 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         step = CopyStep(make_copier(settings, connected.source, destination, events, request.checksum))
         watch = SourceWatch()
         book = CopyBook(report, state, watch)
+        busy = [0]  # copies in flight, for --metrics
 
         async def copy(job: Job) -> None:
-            copied = await step(job)
+            busy[0] += 1
+            try:
+                copied = await step(job)
+            finally:
+                busy[0] -= 1
             book.record(copied)
             if copied.fatal is not None:
                 raise copied.fatal
+
+        observed = RunState(list(stats.values()), {"source": connected.source.pacer, "destination": destination.pacer},
+                            display, lambda: busy[0], release[1] if release else "", lambda: bool(engine.signals))
+        await stack.enter_async_context(serving(settings.sync.metrics_addr, observed, settings.sync.metrics_linger,
+                                                display.message))
 
         engine = Engine(settings, connected.db, request, connected.queries, connected.retry_queries, progress,
                         stats, copy, display, connected.learn_sizes(need_source=False), connected.hidden)

@@ -118,6 +118,13 @@ class RateWindow:
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.seconds:
             self._samples.popleft()
 
+    def bytes_rate(self) -> float | None:
+        """Bytes done per second over the window (None before two samples a second apart)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, _, b0), (t1, _, b1) = self._samples[0], self._samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 - t0 >= 1.0 else None
+
     def eta(self, stats: Stats) -> float | None:
         """Seconds left: the slower of objects left at the objects' rate and bytes left at the bytes'."""
         if stats.ended or len(self._samples) < 2 or stats.objects_total is None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.storage.base import Head
 from mastosync.storage.limits import request_limit
-from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:  # asyncssh costs 16 MB and 0.3 s at start: imported only when a side needs it
@@ -43,6 +43,9 @@ class Store(Protocol):
 
     @property
     def key_prefix(self) -> str: ...
+
+    @property
+    def pacer(self) -> Pacer | None: ...  # an endpoint's pacing (a bucket's), read by --metrics
 
     def describe(self) -> str: ...
 

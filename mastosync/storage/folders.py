@@ -27,7 +27,7 @@ from typing import Protocol
 
 from mastosync.errors import FolderError
 from mastosync.storage.base import Head, NotFound, Permanent, StorageError, Transient
-from mastosync.storage.retry import RetryPolicy
+from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES, content_type
 
 # What Mastodon sends with every upload (config/initializers/paperclip.rb s3_headers).
@@ -127,6 +127,7 @@ class FolderStore:
     key_prefix = ""  # keys are paths under root (a folder has no S3_KEY_PREFIX)
     # A file keeps its bytes only: no headers, no ETag, no checksum to check a write against.
     keeps_metadata = False
+    pacer: Pacer | None = None  # a folder is not paced
 
     def __init__(self, files: Files, label: str) -> None:
         self.files = files

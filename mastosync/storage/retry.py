@@ -85,6 +85,10 @@ class Pacer:
         self.in_flight = 0
         self.down_after = down_after
         self.throttled_share = 0.0
+        # Answers counted for --metrics: throttled ones, and failures (resets, timeouts, 5xx),
+        # each of which the request is retried after.
+        self.throttled_answers = 0
+        self.failed_answers = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._failing_since: float | None = None
 
@@ -134,12 +138,14 @@ class Pacer:
             self._wake()
 
     def throttled(self) -> None:
+        self.throttled_answers += 1
         self._failing_since = None  # a throttling endpoint is up, only busy
         self.throttled_share += (1.0 - self.throttled_share) / self.WINDOW
         self.limit = min(self.limit, self._target())
 
     def failed(self) -> None:
         """A reset, a timeout, a refused connection or a server error: no sign of life."""
+        self.failed_answers += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
 
