@@ -57,3 +57,32 @@ def test_systemd_unit_writes_only_where_it_may() -> None:
     assert any(log_file.startswith(w + "/") for w in writable), log_file
     # Settings mistakes and defects are not restarted in a loop.
     assert {"2", "70"} <= set(settings["RestartPreventExitStatus"].split())
+
+
+def test_kubernetes_pods_expose_their_metrics() -> None:
+    import yaml
+
+    job = yaml.safe_load((DEPLOY / "kubernetes" / "job.yaml").read_text())
+    template = job["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    addr = container["args"][container["args"].index("--metrics") + 1]
+    port = int(addr.rpartition(":")[2])
+    assert {"name": "metrics", "containerPort": port} in container["ports"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
+
+
+def test_grafana_dashboard_asks_for_metrics_mastosync_serves() -> None:
+    """Every metric a panel queries is one the run serves (names from the collector's source)."""
+    import json
+    import re
+
+    dashboard = json.loads((DEPLOY / "grafana" / "mastosync.json").read_text())
+    source = (ROOT / "mastosync" / "metrics.py").read_text()
+    served = set(re.findall(r'"(mastosync_[a-z_]+)"', source))
+    served |= {f"{name}_total" for name in served} | {f"{name}_info" for name in served} | {
+        "process_resident_memory_bytes"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\b((?:mastosync|process)_[a-z_]+)", target["expr"]):
+                assert name in served, (panel["title"], name)
