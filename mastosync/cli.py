@@ -200,6 +200,10 @@ def cli(config_path: str | None) -> None:
               help="Object bytes read from the source per second, all copies together: 10M, 512K, off, or a "
               "timetable by local time as rclone writes it, \"08:00,10M 23:00,off\" (default: sync.bwlimit). "
               "Server-side copies move no byte through mastosync and are not limited.")
+@click.option("--processes", "processes", metavar="N|auto",
+              help="Run N local worker processes, each the shard K/N of the migration (as --shard), under one "
+              "merged progress, summary, report and exit code: every core of the machine. --concurrency and the "
+              "limits are shared out among them. auto: one per core.")
 @click.option("--metrics", "metrics_addr", metavar="ADDR",
               help="Serve Prometheus metrics at http://ADDR/metrics while running, e.g. 127.0.0.1:9464 (default: "
               "sync.metrics_addr); they stay up sync.metrics_linger (15 s) after the run for the last scrape.")
@@ -219,6 +223,7 @@ def run(
     as_json: bool,
     checksum: bool,
     bwlimit: str | None,
+    processes: str | None,
     metrics_addr: str | None,
     tpslimit: float | None,
 ) -> None:
@@ -236,6 +241,7 @@ def run(
 
     from mastosync import pipeline
     from mastosync.errors import UsageError
+    from mastosync.processes import processes_for
     from mastosync.request import Request
     from mastosync.storage.limits import Timetable
 
@@ -264,6 +270,7 @@ def run(
             log_file=log_file,
             as_json=as_json,
             checksum=checksum,
+            processes=processes_for(processes) if processes is not None else 1,
         ),
     )
 

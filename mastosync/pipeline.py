@@ -49,6 +49,11 @@ from mastosync.workers import Engine, drive
 
 def run(settings: Settings, request: Request) -> None:
     """Copy every selected object; raises ObjectsFailed or Interrupted for exit codes 1, 130, 143."""
+    if request.processes > 1:
+        from mastosync.processes import run_many
+
+        run_many(settings, request, request.processes)
+        return
     keep_large_buffers_mapped()
     asyncio.run(_run(settings, request))
 
@@ -117,7 +122,8 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         display = Display(list(stats.values()), settings.sync.progress_interval,
                           out=sys.stderr if request.as_json else None)
         if events is not None:
-            display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json())
+            display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json(),
+                                                   types={s.name: s.to_json() for s in stats.values()})
         timetable = Timetable.parse(settings.sync.bwlimit)
         if bandwidth_limit(timetable) is not None or settings.sync.tpslimit:
             tps = f", {settings.sync.tpslimit:g} requests/s to each bucket" if settings.sync.tpslimit else ""

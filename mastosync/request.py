@@ -29,6 +29,7 @@ class Request:
     log_file: str | None = None  # --log-file: JSON lines of events
     as_json: bool = False  # run --json: the summary as one JSON object on stdout
     checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
+    processes: int = 1  # run --processes N: N local worker processes, one shard each
 
 
 def resolve_since(settings: Settings, request: Request, out: TextIO | None = None) -> Request:

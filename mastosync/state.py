@@ -273,6 +273,12 @@ class RunHistory:
                   if e.get("command", "run") == "run" and e.get("selection") == wanted]
         return max(starts, default=None)
 
+    def last_of_shard(self, settings: Settings, shard: tuple[int, int]) -> dict[str, Any] | None:
+        """The latest run entry of one shard of this migration."""
+        wanted = selection(settings, shard)
+        return next((e for e in reversed(self._entries())
+                     if e.get("command", "run") == "run" and e.get("selection") == wanted), None)
+
     def mastodon(self) -> str | None:
         """The Mastodon release the latest run or verify found in the database."""
         return next((e["mastodon"] for e in reversed(self._entries()) if e.get("mastodon")), None)

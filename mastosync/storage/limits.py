@@ -64,6 +64,15 @@ class Timetable:
                 current = rate
         return current
 
+    def divided(self, n: int) -> str:
+        """The same timetable with every rate split n ways ("off" stays off), as --bwlimit reads it."""
+        def rate(value: float | None) -> str:
+            return "off" if value is None else f"{max(1.0, value / n / 1024):.0f}K"
+
+        if len(self.slots) == 1 and self.slots[0][0] == 0:
+            return rate(self.slots[0][1])
+        return " ".join(f"{start // 60:02d}:{start % 60:02d},{rate(value)}" for start, value in self.slots)
+
     def describe(self, rate: float | None) -> str:
         if rate is None:
             return "no limit"

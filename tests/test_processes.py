@@ -1,0 +1,100 @@
+"""run --processes N through the CLI: one merged progress, summary, report and exit code; stop
+and resume with two processes; a failing worker named; --since last after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
+from tests.reliability.helpers import summary_row
+from tests.services.faultproxy import FaultProxy
+from tests.services.s3 import S3Server
+from tests.test_cutover_flow import media_key, seed_media
+
+
+async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    objects = await seed_media(mastodon_db, moto, src, range(1, 41))
+    await mastodon_db.insert("media_attachments", [{"id": 99, "file_file_name": "gone.jpg",
+                                                    "file_content_type": "image/jpeg"}])  # missing at the source
+    proxy = FaultProxy(moto.port).start()
+    try:
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                              destination_endpoint=proxy.endpoint, extra={"sync": {"progress_interval": 0.5}})
+        result = run_cli("run", "--processes", "2", "--concurrency", "8", config=config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        stored = dict(proxy.counters.stored)
+        # Recorded as one run: the catch-up without --processes finds its baseline.
+        catch_up = run_cli("run", "--since", "last", config=config)
+        assert catch_up.returncode == 0 and "--since last:" in catch_up.stdout, catch_up.stderr
+    finally:
+        proxy.stop()
+    assert moto.keys(dst) == set(objects)
+    assert all(n == 1 for n in stored.values())  # each object once, by one shard
+    out = result.stdout
+    assert "2 processes, shards 1/2 to 2/2" in out and "progress:" in out
+    assert out.count("mastosync run, 2 processes") == 1  # one summary table
+    assert summary_row(out)["copied"] == str(len(objects)) and summary_row(out)["missing"] == "2"
+    report = Path(re.search(r"report: (\S+\.jsonl) \(2 failed or missing", out)[1])
+    entries = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {e["status"] for e in entries} == {"missing"} and {e["shard"] for e in entries} == {"2/2"}  # id 99 is odd
+
+
+async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    objects = await seed_media(mastodon_db, moto, src, range(1, 121))
+    proxy = FaultProxy(moto.port).start()
+    proxy.set_faults(latency=0.03)
+    try:
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                              destination_endpoint=proxy.endpoint, extra={"sync": {"concurrency": 4}})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
+        proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--processes", "2", "--config",
+                                 str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=env)
+        deadline = time.monotonic() + 120
+        while sum(proxy.counters.stored.values()) < len(objects) // 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "every process finishes its copies in flight" in out and "(interrupted)" in out
+        first = set(proxy.counters.stored)
+        assert 0 < len(first) < len(objects)
+        states = list((tmp_path / "state").glob("resume-*-shard-*of2.json"))
+        assert len(states) == 2 and all(not json.loads(p.read_text())["types"]["media_attachments"].get("complete")
+                                        for p in states)
+        proxy.reset_counters()
+        resumed = run_cli("run", "--processes", "2", config=config)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert first.isdisjoint(proxy.counters.stored), "objects finished before the stop were uploaded again"
+        assert moto.keys(dst) == set(objects)
+        assert media_key(1) in moto.keys(dst)
+    finally:
+        proxy.stop()
+
+
+async def test_a_failing_worker_is_named(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
+    await seed_media(mastodon_db, moto, src, range(1, 5))
+    proxy = FaultProxy(moto.port).start()
+    try:
+        proxy.set_faults(error=1.0, error_answer=(403, "AccessDenied"), only_ops=("GetObject",))
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+                              source_endpoint=proxy.endpoint)
+        result = run_cli("run", "--processes", "2", config=config)
+    finally:
+        proxy.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    for k in (1, 2):
+        assert f"mastosync: shard {k}/2 exited with 1: 4 objects failed to copy" in result.stderr, result.stderr
+    assert "8 objects failed to copy" in result.stderr
