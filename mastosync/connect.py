@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from mastosync import layout, records
 from mastosync.config import Settings
-from mastosync.errors import ConfigError
+from mastosync.errors import ConfigError, FolderError
 from mastosync.plan import Annotate, learn_sizes
 from mastosync.progress import Stats
 from mastosync.request import Request, filters_for
@@ -97,6 +98,13 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
     With `only` ("source" or "destination": audit, fix), that side alone is opened; it then
     stands for both."""
     filters = filters_for(settings, request)
+    destination_side = settings.destination
+    if write and only is None and destination_side.kind == "filesystem" and not destination_side.owner \
+            and os.geteuid() == 0:
+        # Files and folders a copy makes would be root's: Mastodon (its own user) could not add to them.
+        raise FolderError("destination.owner is not set and mastosync runs as root: every file and folder it makes "
+                          "would be root's, and Mastodon could not add to them; set it to the user Mastodon runs as "
+                          "(destination.owner = \"mastodon\"), or \"root\" if that is really meant")
     tunnel = await open_ssh(stack, settings, with_files=True)
     db = await stack.enter_async_context(open_database(settings, tunnel))
     pool = request.concurrency + 8

@@ -204,10 +204,6 @@ class LocalFiles:
             raise FolderError(f"{where} cannot be read ({exc.strerror})") from None
         if not write:
             return
-        if os.geteuid() == 0 and not self.owner_text:
-            raise FolderError(f"{self.name}.owner is not set and mastosync runs as root: every file and folder "
-                              "would be root's, and Mastodon could not add to them; set it to the user Mastodon "
-                              f"runs as ({self.name}.owner = \"mastodon\"), or \"root\" if that is really meant")
         if self.owner_text:
             self.owner = resolve_owner(self.owner_text)
         probe = os.path.join(self.root, f".mastosync-write-check.{os.getpid()}")
