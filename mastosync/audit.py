@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mastosync import layout, records
+from mastosync import layout, loop, records
 from mastosync.config import Settings, format_size
 from mastosync.connect import connect
 from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
@@ -313,9 +313,8 @@ async def find_orphans(db: records.Database, store: Store, settings: Settings, p
 
 
 def audit(settings: Settings, request: Request, what: Audit) -> None:
-    import asyncio
 
-    asyncio.run(_audit(settings, request, what))
+    loop.run(_audit(settings, request, what))
 
 
 async def _audit(settings: Settings, request: Request, what: Audit) -> None:

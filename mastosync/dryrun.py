@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 import urllib.parse
 from typing import TextIO
 
-from mastosync import layout, records
+from mastosync import layout, loop, records
 from mastosync.config import Settings, format_size
 from mastosync.connect import open_database
 from mastosync.errors import UsageError
@@ -23,7 +22,7 @@ def dry_run(settings: Settings, request: Request, output_format: str = "text", o
         raise UsageError("--format s3-batch-csv lists a bucket's objects for S3 Batch Operations; the source is "
                          "a folder (--format rclone gives the paths under its root)")
     try:
-        asyncio.run(_dry_run(settings, resolve_since(settings, request, sys.stderr), output_format, out))
+        loop.run(_dry_run(settings, resolve_since(settings, request, sys.stderr), output_format, out))
         out.flush()
     except BrokenPipeError:  # `mastosync dry-run | head` is fine
         with contextlib.suppress(Exception):

@@ -10,14 +10,13 @@ Both share one engine (workers.py): records paged in id order, expanded into job
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 from datetime import UTC, datetime
 from typing import cast
 
-from mastosync import cutover, layout, records
+from mastosync import cutover, layout, loop, records
 from mastosync.config import Settings, SyncSettings, format_size
 from mastosync.connect import Connected, connect
 from mastosync.errors import (
@@ -55,7 +54,7 @@ def run(settings: Settings, request: Request) -> None:
         run_many(settings, request, request.processes)
         return
     keep_large_buffers_mapped()
-    asyncio.run(_run(settings, request))
+    loop.run(_run(settings, request))
 
 
 async def _run(settings: Settings, request: Request) -> None:
@@ -259,7 +258,7 @@ def summarise_run(display: Display, stats: dict[str, Stats], progress: dict[str,
 
 def verify(settings: Settings, request: Request, as_json: bool, checksum: bool = False, sample: float = 0.0) -> None:
     """Check the destination against the source; raises VerifyGaps (exit 1) when it lacks anything."""
-    asyncio.run(_verify(settings, resolve_since(settings, request, sys.stderr if as_json else None), as_json,
+    loop.run(_verify(settings, resolve_since(settings, request, sys.stderr if as_json else None), as_json,
                         checksum, sample))
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mastosync import loop
 from mastosync.config import Settings
 from mastosync.errors import InternalError, Interrupted, MastosyncError, ObjectsFailed, UsageError
 from mastosync.progress import Display, Stats, summary_json
@@ -115,7 +116,7 @@ def run_many(settings: Settings, request: Request, n: int) -> None:
     """Run the migration as N shard processes; raises as a single run would."""
     if request.shard is not None:
         raise UsageError("--processes splits the run into shards itself; give --shard or --processes, not both")
-    asyncio.run(_run_many(settings, resolve_since(settings, request, sys.stderr if request.as_json else None), n))
+    loop.run(_run_many(settings, resolve_since(settings, request, sys.stderr if request.as_json else None), n))
 
 
 async def _run_many(settings: Settings, request: Request, n: int) -> None:
