@@ -62,9 +62,9 @@ async def test_a_defect_stops_the_run_with_exit_70_and_progress_saved(
 def test_a_defect_outside_the_engine_writes_its_traceback_to_the_state_dir(tmp_path: Path) -> None:
     """A defect before any copy (here: in reading the configuration's state_dir) is the same
     one line and exit 70, with the traceback kept in a file."""
-    config = write_config(tmp_path / "config.toml", extra={"source": {"kind": "filesystem", "root": str(tmp_path)},
-                                                            "destination": {"kind": "filesystem",
-                                                                            "root": str(tmp_path / "d")}})
+    config = write_config(tmp_path / "config.toml",
+                          extra={"source": {"kind": "filesystem", "root": str(tmp_path / "old")},
+                                 "destination": {"kind": "filesystem", "root": str(tmp_path / "new")}})
     code = ("import sys; import mastosync.status as s\n"
             "def boom(state_dir): raise KeyError('planted')\n"
             "s.report = boom\n"
