@@ -1,6 +1,8 @@
-"""The command line: parse options, load configuration, call the pipeline, map errors to exit codes.
+"""The command line: parse options, load configuration, call the command, map errors to exit codes.
 
-No logic lives here. Every MastosyncError becomes one line on stderr and its exit code.
+Besides parsing (--since, --shard, --bwlimit, --metrics) nothing is decided here. Every
+MastosyncError becomes one line on stderr and its exit code; any other exception is a defect:
+one line, exit 70, the traceback in a file.
 """
 
 from __future__ import annotations

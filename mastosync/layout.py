@@ -2,7 +2,8 @@
 
 Pure functions over plain data, no I/O. The types differ only in the tables below
 (table, attachments, style rules, what makes a record remote, what is kept private); one
-code path expands them all. The rules and their sources are in shared/mastodon-storage.md:
+code path expands them all. The rules and their sources (in Mastodon's code) are below, and
+tests/test_layout.py checks each against keys written out by hand:
 
     key = [cache/] CLASS/ATTACHMENT/ID_PARTITION/STYLE/FILENAME
 

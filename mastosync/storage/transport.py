@@ -16,7 +16,7 @@ TLS, proxies, happy eyeballs); this module only shapes it for S3 copies:
   idempotent methods after a kept-alive connection turns out closed.
 
 Errors come out as two kinds: ConnectFailed (no connection could be made) and HTTPError
-(reset, cut body, timeout, protocol error); storage.classify maps them.
+(reset, cut body, timeout, protocol error); storage/s3.py's classify maps them.
 """
 
 from __future__ import annotations
