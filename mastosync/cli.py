@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
@@ -18,29 +18,13 @@ import click
 from mastosync import __version__, config, layout
 from mastosync.errors import InternalError, MastosyncError
 from mastosync.redact import redact
+from mastosync.request import parse_shard, parse_since
 
 TYPE_HELP = (
     "Object type to process: "
     + ", ".join(layout.TYPE_NAMES)
     + ". Repeat for several. Without --type (or with --all): all of them."
 )
-
-
-def parse_since(value: str | None) -> datetime | str | None:
-    """ISO-8601 date or datetime → naive UTC, as Mastodon stores its timestamps; "last" stays."""
-    if value is None:
-        return None
-    if value.strip().lower() == "last":
-        return "last"  # resolved from the run history once the configuration is known
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO-8601 date or datetime (e.g. 2026-05-01 or 2026-05-01T12:00:00Z)"
-        ) from None
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
 
 
 def _since(value: datetime | str | None) -> dict[str, Any]:
@@ -94,36 +78,6 @@ def since_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "without a zone, UTC). `last`: the start of the last completed run of the same "
         "migration (buckets, prefixes, types): the catch-up after switching Mastodon over.",
     )(f)
-
-
-SHARD_INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")
-
-
-def parse_shard(value: str | None, environ: Any = None) -> tuple[int, int] | None:
-    """"K/N" → (K, N); "auto/N" takes K from a job runner's zero-based index variable."""
-    import os
-    import re
-
-    from mastosync.errors import UsageError
-
-    if value is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+|auto)\s*/\s*(\d+)\s*", value)
-    if not match or int(match.group(2)) < 1:
-        raise UsageError(f"--shard {value!r}: expected K/N such as 2/8 (1 <= K <= N), or auto/N")
-    n = int(match.group(2))
-    if match.group(1) == "auto":
-        environ = os.environ if environ is None else environ
-        found = next((v for v in SHARD_INDEX_VARIABLES if v in environ), None)
-        if found is None or not environ[found].strip().isdigit():
-            raise UsageError(f"--shard auto/{n}: K comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs) or "
-                             "AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch), zero-based; neither is set to a number")
-        k = int(environ[found]) + 1
-    else:
-        k = int(match.group(1))
-    if not 1 <= k <= n:
-        raise UsageError(f"--shard {value!r}: K must be between 1 and {n}")
-    return k, n
 
 
 def _shard_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mastosync.cli import parse_shard
 from mastosync.errors import UsageError
+from mastosync.request import parse_shard
 from mastosync.state import RunLock
 from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
 from tests.services import instance

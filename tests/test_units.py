@@ -7,11 +7,11 @@ import asyncio
 import io
 from datetime import datetime
 
-import click
 import pytest
 
-from mastosync.cli import parse_since
+from mastosync.errors import UsageError
 from mastosync.progress import Display, RateWindow, Stats
+from mastosync.request import parse_since
 from mastosync.state import TypeProgress
 
 
@@ -29,7 +29,7 @@ def test_since_as_a_date_or_with_an_offset(text: str, expected: datetime | str) 
 
 @pytest.mark.parametrize("text", ["yesterday", "2026-13-01", "12:00", ""])
 def test_since_refuses_what_is_no_time(text: str) -> None:
-    with pytest.raises(click.BadParameter, match="ISO-8601"):
+    with pytest.raises(UsageError, match="ISO-8601"):
         parse_since(text)
 
 
