@@ -4,13 +4,13 @@
 PYTHON ?= python3
 # Three workers on two cores: the tests mostly wait on servers and CLI processes. Each worker
 # starts its own servers, on ports of its own (tests/services/process.py).
-PYTEST_ARGS ?= -n 3 --dist loadfile
+PYTEST_ARGS ?= -n 3 --dist load
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 S3RVER  = $(VENV)/s3rver/node_modules/.bin/s3rver
 
-.PHONY: test demo demo-disk lint bench venv clean prerequisites
+.PHONY: test check demo demo-disk lint bench venv clean prerequisites
 
 venv: $(STAMP)
 
@@ -32,6 +32,12 @@ $(S3RVER): | $(STAMP) prerequisites
 
 test: $(STAMP) prerequisites $(S3RVER) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit-run loop: lint and the suites that need no server but PostgreSQL and moto (about a minute).
+CHECK_TESTS = tests/test_layout.py tests/test_sigv4.py tests/test_units.py tests/test_config.py tests/test_init.py \
+	tests/test_deploy.py tests/test_cutover.py tests/test_limits.py tests/test_records.py
+check: $(STAMP) lint
+	$(BIN)/python -m pytest -n 3 $(CHECK_TESTS)
 
 # ruff (the line length included) and mypy in strict mode: part of make test.
 lint: $(STAMP)
