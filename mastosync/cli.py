@@ -149,6 +149,9 @@ def cli(config_path: str | None) -> None:
               "progress tick and the summary (follow it with `tail -f PATH | jq`).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the final summary as one JSON object on stdout (progress and table go to stderr).")
+@click.option("--accept-missing", is_flag=True,
+              help="Go on when (nearly) every object of a type is absent at the source: by default that stops the "
+              "command, as a wrong source.key_prefix or source.root looks just like it.")
 @click.option("--checksum", is_flag=True,
               help="Skip an object already at the destination only when its content is the same (equal MD5 "
               "ETags), not merely its size; copy it again otherwise. Costs a HEAD on both sides per object.")
@@ -177,6 +180,7 @@ def run(
     restart: bool,
     log_file: str | None,
     as_json: bool,
+    accept_missing: bool,
     checksum: bool,
     bwlimit: str | None,
     processes: str | None,
@@ -227,6 +231,7 @@ def run(
             as_json=as_json,
             checksum=checksum,
             processes=processes_for(processes) if processes is not None else 1,
+            accept_missing=accept_missing,
         ),
     )
 
@@ -281,6 +286,9 @@ def dry_run(
     help="Objects checked at once (default: sync.concurrency).",
 )
 @json_option
+@click.option("--accept-missing", is_flag=True,
+              help="Go on when (nearly) every object of a type is absent at the source: by default that stops the "
+              "command, as a wrong source.key_prefix or source.root looks just like it.")
 @click.option("--checksum", is_flag=True,
               help="Compare content too: equal MD5 ETags prove it without reading; see --sample for the rest.")
 @click.option("--sample", type=click.FloatRange(0, 100), default=0.0, metavar="P",
@@ -295,6 +303,7 @@ def verify(
     shard: tuple[int, int] | None,
     concurrency: int | None,
     as_json: bool,
+    accept_missing: bool,
     checksum: bool,
     sample: float,
 ) -> None:
@@ -316,6 +325,7 @@ def verify(
             **_since(since),
             shard=shard,
             concurrency=concurrency or settings.sync.concurrency,
+            accept_missing=accept_missing,
         ),
         as_json=as_json,
         checksum=checksum,

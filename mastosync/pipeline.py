@@ -144,7 +144,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         if changed is not None and (changed.records or changed.failed):
             display.message(changed.describe())
         step = CopyStep(make_copier(settings, connected.source, destination, events, request.checksum))
-        watch = SourceWatch()
+        watch = SourceWatch(request.accept_missing)
         book = CopyBook(report, state, watch)
         busy = [0]  # copies in flight, for --metrics
 
@@ -276,7 +276,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
         hides = settings.destination.is_folder or bool(settings.destination.acl)
         step = CheckStep(connected.source, connected.destination, RetryPolicy(retries=settings.sync.retries),
                          checksum, sample, check_private=hides)
-        watch = SourceWatch()
+        watch = SourceWatch(request.accept_missing)
         book = VerifyBook(report, display, sys.stdout, as_json, watch)
 
         async def check(job: Job) -> None:

@@ -106,6 +106,8 @@ def worker_argv(settings: Settings, request: Request, n: int, k: int, log: Path)
         argv.append("--restart")
     if request.checksum:
         argv.append("--checksum")
+    if request.accept_missing:
+        argv.append("--accept-missing")
     argv += ["--bwlimit", Timetable.parse(settings.sync.bwlimit).divided(n)]
     if settings.sync.tpslimit:
         argv += ["--tpslimit", f"{settings.sync.tpslimit / n:g}"]

@@ -34,6 +34,7 @@ class Request:
     as_json: bool = False  # run --json: the summary as one JSON object on stdout
     checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
     processes: int = 1  # run --processes N: N local worker processes, one shard each
+    accept_missing: bool = False  # --accept-missing: a type (nearly) wholly absent at the source is no error
 
 
 def parse_since(value: str | None) -> datetime | str | None:

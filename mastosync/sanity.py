@@ -21,7 +21,10 @@ MIN_OBJECTS = 10
 class SourceWatch:
     """Counts, per type, objects found at the source and objects absent from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, accept: bool = False) -> None:
+        # --accept-missing: the files are really gone (an earlier migration lost them): say
+        # nothing, copy what is there.
+        self.accept = accept
         self.found: Counter[str] = Counter()
         self.absent: Counter[str] = Counter()
         self.example: dict[str, str] = {}  # a source key that was absent, per type
@@ -32,10 +35,12 @@ class SourceWatch:
             return
         self.absent[type_name] += 1
         self.example.setdefault(type_name, source_key)
-        if self.found[type_name] == 0 and self.absent[type_name] >= FIRST:
+        if not self.accept and self.found[type_name] == 0 and self.absent[type_name] >= FIRST:
             raise SourceMisconfigured(f"the first {FIRST} objects of {type_name} are all absent at the source")
 
     def at_end(self) -> None:
+        if self.accept:
+            return
         for name, absent in self.absent.items():
             total = absent + self.found[name]
             if total >= MIN_OBJECTS and absent >= AT_END * total:
@@ -53,7 +58,8 @@ async def explain(error: SourceMisconfigured, watch: SourceWatch, side: BucketSe
     held = (", ".join(there) + (" …" if len(there) == 3 else "")) if there else "nothing at all"
     example = watch.first_example()
     expected = f"; expected for example {example}" if example else ""
-    error.args = (f"{error.args[0]}: check {setting} (now {value}){expected}; the source holds {held}",)
+    error.args = (f"{error.args[0]}: check {setting} (now {value}){expected}; the source holds {held} (if "
+                  "those files are really gone, --accept-missing copies what there is)",)
 
 
 async def first_keys(store: Store, n: int = 3, timeout: float = 20.0) -> list[str]:

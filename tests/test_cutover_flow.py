@@ -200,6 +200,9 @@ async def test_a_wrong_source_setting_is_not_a_success(tmp_path: Path, mastodon_
         assert "S3_BUCKET=" not in result.stdout  # no cut-over settings for an empty source
     status = run_cli("status", config=config)
     assert status.returncode == 1, status.stdout
+    # The files really gone: said so, the run goes on and reports them missing.
+    accepted = run_cli("run", "--all", "--accept-missing", config=config)
+    assert accepted.returncode == 0 and "missing" in accepted.stdout, accepted.stderr
 
 
 async def test_same_size_other_bytes_and_newer_at_the_destination(tmp_path: Path, mastodon_db: MastodonDb,
