@@ -2,9 +2,9 @@
 #   make test   create .venv, install the package with its test extras, run the suite
 #   make demo   run a complete migration between two local S3 servers and verify it
 PYTHON ?= python3
-# Four workers on two cores: the tests mostly wait on servers and CLI processes. Each worker
+# Three workers on two cores: the tests mostly wait on servers and CLI processes. Each worker
 # starts its own servers, on ports of its own (tests/services/process.py).
-PYTEST_ARGS ?= -n 4 --dist load
+PYTEST_ARGS ?= -n 3 --dist load
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed

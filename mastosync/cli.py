@@ -33,7 +33,13 @@ def _since(value: datetime | str | None) -> dict[str, Any]:
 
 
 def _since_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | str | None:
-    return parse_since(value)
+    from mastosync.errors import UsageError
+
+    try:
+        return parse_since(value)
+    except UsageError as exc:  # click's usage line: the option, and where --help is
+        raise click.BadParameter(str(exc).removeprefix("--since "),
+                                 param_hint="'--since'") from None
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
