@@ -124,7 +124,7 @@ async def test_fix_over_5_gib_copies_in_parts(moto: S3Server, monkeypatch) -> No
     (limits lowered to test it small): no byte through mastosync, the bytes intact."""
     import os
 
-    import mastosync.storage.s3 as s3
+    import mastosync.storage.s3.bucket as s3
     from mastosync.config import DestinationSettings
 
     monkeypatch.setattr(s3, "MAX_COPY_OBJECT", 6 * 2**20)

@@ -14,8 +14,9 @@ a throttled answer's Retry-After is honoured by the retries.
 What is sent matches what S3-compatible providers accept: no `Expect: 100-continue`
 (an extra round trip per upload, and a known source of hangs), no new-style default
 checksums (B2, R2, Wasabi and older MinIO reject them), Content-MD5 on every upload we
-can give one, and the payload hash signed over plain HTTP as botocore does (over HTTPS,
-TLS protects it and UNSIGNED-PAYLOAD saves hashing every byte twice).
+can give one, and UNSIGNED-PAYLOAD where TLS or a signed Content-MD5 protects the body
+(the payload hash is signed only for the few bodies over plain HTTP without one: hashing
+every byte twice cost a third of a small copy's CPU).
 
 Every error is classified once, here, into the kinds of base.py the copier acts on. A
 streamed GET is never retried here: a retry is a fresh GET, decided in transfer.py.
@@ -29,8 +30,6 @@ import functools
 import hashlib
 import html
 import os
-import re
-import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +39,7 @@ from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from mastosync import __version__
-from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.config import BucketSettings
 from mastosync.errors import BucketError, EndpointDown
 from mastosync.layout import full_key
 from mastosync.redact import redact
@@ -49,13 +48,26 @@ from mastosync.storage.base import (
     NotFound,
     Permanent,
     StorageError,
-    Throttled,
     Transient,
-    Unreachable,
     content_md5,
 )
 from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import Pacer, RetryPolicy
+from mastosync.storage.s3.addressing import bucket_url, upload_extra
+from mastosync.storage.s3.answers import (
+    ACCESS_CODES,
+    ERROR_BODY_LIMIT,
+    ERROR_CODE,
+    EXPIRED_CODES,
+    REGION_CODES,
+    SKEW_CODES,
+    _head,
+    _http_time,
+    _iso_time,
+    _retry_after,
+    answer_error,
+    classify,
+)
 from mastosync.storage.sigv4 import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
@@ -65,38 +77,11 @@ from mastosync.storage.sigv4 import (
     encode_key,
 )
 from mastosync.storage.transport import (
-    CertificateError,
-    ConnectFailed,
     HTTPError,
     Response,
     Transport,
 )
 
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-    "TooManyRequestsException", "InternalError", "ServiceUnavailable", "RequestTimeout",
-    "RequestTimeoutException", "BadDigest", "IncompleteBody", "XAmzContentSHA256Mismatch",
-    "OperationAborted", "PriorRequestNotComplete",
-})
-THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                            "TooManyRequests", "TooManyRequestsException"})
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload"})
-ACCESS_CODES = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-                          "InvalidToken", "ExpiredToken"})
-EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired", "RequestExpired"})
-REGION_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
-                          "AuthorizationQueryParametersError"})
-SKEW_CODES = frozenset({"RequestTimeTooSkewed", "RequestExpired", "InvalidSignatureException"})
-# Stored headers that go with the bytes (besides Content-Type and Cache-Control).
-KEPT_HEADERS = ("content-encoding", "content-disposition", "content-language", "expires")
-# Properties of the object itself (not of its content) that CopyObject onto itself resets
-# unless they are sent again.
-KEPT_IN_PLACE = ("x-amz-storage-class", "x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
-                 "x-amz-server-side-encryption-bucket-key-enabled", "x-amz-website-redirect-location")
-ERROR_CODE = re.compile(rb"<Code>([^<]*)</Code>")
-ERROR_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
-ERROR_BODY_LIMIT = 64 * 1024
 USER_AGENT = f"mastosync/{__version__}"
 CREDENTIALS_REFRESH_SECONDS = 60.0
 ABORT_RETRIES = RetryPolicy(retries=3, base=0.2, cap=2.0)  # an upload left open is billed: try a little
@@ -106,97 +91,6 @@ MAX_PARTS = 10_000
 MAX_COPY_OBJECT = 5 * 1024 * MiB  # the largest CopyObject; beyond it, UploadPartCopy
 COPY_PART_MIN = 512 * MiB  # server-side parts move no bytes through us: fewer, larger requests
 
-
-def answer_error(what: str, status: int, body: bytes, retry_after: float | None = None) -> StorageError:
-    """The error an S3 answer stands for, from its status and (if any) its XML error body."""
-    found = ERROR_CODE.search(body)
-    code = html.unescape(found.group(1).decode("utf-8", "replace")) if found else ""
-    found = ERROR_MESSAGE.search(body)
-    message = html.unescape(found.group(1).decode("utf-8", "replace")) if found else ""
-    text = redact(f"{what}: {code or status}{': ' + message if message else ''}")
-    if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
-        return NotFound(text, code, status)
-    if code in TRANSIENT_CODES or (status in TRANSIENT_STATUS and code not in ACCESS_CODES):
-        kind = Throttled if code in THROTTLE_CODES or status in (429, 503) else Transient
-        return kind(text, code=code, status=status, retry_after=retry_after)
-    return Permanent(text, code, status)
-
-
-def classify(exc: BaseException, what: str) -> StorageError:
-    """Any exception from an S3 call → NotFound, Transient or Permanent."""
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, ssl.SSLCertVerificationError | CertificateError):
-        return Permanent(redact(f"{what}: the endpoint's TLS certificate is not trusted ({exc.verify_message})"))
-    if isinstance(exc, ConnectFailed):
-        return Unreachable(redact(f"{what}: {exc}"))
-    if isinstance(exc, (HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError)):
-        detail = str(exc) or type(exc).__name__
-        return Transient(redact(f"{what}: {detail}"))
-    return Permanent(redact(f"{what}: unexpected {type(exc).__name__}: {exc}"))
-
-
-def _head(headers: Any, size: int) -> Head:
-    kept = tuple((name, value) for name, value in ((k.lower(), v) for k, v in headers.items())
-                 if name in KEPT_HEADERS or name.startswith("x-amz-meta-"))
-    encrypted = (headers.get("x-amz-server-side-encryption", "").lower().startswith("aws:kms")
-                 or "x-amz-server-side-encryption-customer-algorithm" in headers)
-    in_place = tuple((name, headers[name]) for name in KEPT_IN_PLACE if headers.get(name))
-    return Head(size, headers.get("etag"), headers.get("content-type"), headers.get("cache-control"), kept,
-                encrypted, _http_time(headers.get("last-modified")), in_place,
-                "x-amz-server-side-encryption-customer-algorithm" in headers)
-
-
-def _iso_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _http_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return min(300.0, max(0.0, float(value)))
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return min(300.0, max(0.0, moment.timestamp() - time.time()))
-
-
-def bucket_url(settings: BucketSettings) -> tuple[str, str]:
-    """(origin, path prefix) of the bucket: objects are at origin + prefix + encoded key.
-
-    "path" puts the bucket in the path (MinIO, most S3-compatible providers); "virtual" in
-    the host name (AWS's preference); "auto" picks virtual only on AWS, for names that
-    can be host names.
-    """
-    endpoint = settings.endpoint or f"https://s3.{settings.region or 'us-east-1'}.amazonaws.com"
-    parts = urlsplit(endpoint)
-    base_path = parts.path.rstrip("/")
-    style = settings.addressing_style
-    if style == "auto":
-        dns_name = re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", settings.bucket) is not None
-        aws = (parts.hostname or "").endswith(".amazonaws.com")
-        style = "virtual" if dns_name and aws else "path"
-    if style == "virtual":
-        return f"{parts.scheme}://{settings.bucket}.{parts.netloc}", f"{base_path}/"
-    return f"{parts.scheme}://{parts.netloc}", f"{base_path}/{quote(settings.bucket, safe='')}/"
 
 
 class Body:
@@ -808,24 +702,3 @@ class Bucket:
 
 class _Redo(Exception):
     """Internal: the request is worth sending again at once (region or clock corrected)."""
-
-
-def upload_extra(side: BucketSettings, head: Head, private: bool = False, acl: str | None = None) -> dict[str, str]:
-    """Headers of a written object: its stored headers, ACL and class from config.
-
-    An object Mastodon keeps private gets `private` instead of the configured ACL, and
-    no ACL at all when none is configured (as Mastodon with S3_PERMISSION=""). A side other
-    than the destination (fix --side source) is written with `acl`, and its own class kept.
-    """
-    destination = side if isinstance(side, DestinationSettings) else None
-    acl = acl if acl is not None else destination.acl if destination is not None else ""
-    extra: dict[str, str] = dict(head.metadata)
-    if head.content_type:
-        extra["content-type"] = head.content_type
-    if head.cache_control:
-        extra["cache-control"] = head.cache_control
-    if acl:
-        extra["x-amz-acl"] = "private" if private else acl
-    if destination is not None and destination.storage_class:
-        extra["x-amz-storage-class"] = destination.storage_class
-    return extra
