@@ -36,11 +36,10 @@ from mastosync.request import Request, report_label
 from mastosync.state import Report, ResumeState, TypeProgress
 from mastosync.steps.check import head_of
 from mastosync.storage import Store, make_store, sniff
-from mastosync.storage.base import Head, NotFound, StorageError, Transient
+from mastosync.storage.base import ABSENT, Head, NotFound, StorageError, Transient
 from mastosync.storage.folders import MASTODON_CACHE_CONTROL
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES
-from mastosync.transfer import ABSENT
 from mastosync.workers import Engine
 
 # What Mastodon sends (paperclip.rb s3_headers), and what versions before 3.0 sent.

@@ -28,6 +28,7 @@ from mastosync.errors import (
     UsageError,
     VerifyGaps,
 )
+from mastosync.memory import MemoryBudget, keep_large_buffers_mapped
 from mastosync.metrics import RunState, serving
 from mastosync.observers import CopyBook, VerifyBook
 from mastosync.plan import Job
@@ -40,7 +41,7 @@ from mastosync.steps.copy import CopyStep
 from mastosync.storage import ServerSideCopy, Store
 from mastosync.storage.limits import Timetable, bandwidth_limit
 from mastosync.storage.retry import RetryPolicy
-from mastosync.transfer import Copier, MemoryBudget, keep_large_buffers_mapped
+from mastosync.transfer import Copier
 from mastosync.version import mastodon_release
 from mastosync.visibility import AppliedVisibility, Changed, owners_to_recheck, reapply
 from mastosync.workers import Engine, drive

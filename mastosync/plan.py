@@ -13,8 +13,7 @@ from mastosync import layout
 from mastosync.progress import Stats
 from mastosync.state import TypeProgress
 from mastosync.storage import Store
-from mastosync.storage.base import StorageError
-from mastosync.transfer import ABSENT, Known
+from mastosync.storage.base import ABSENT, Known, StorageError
 
 
 @dataclass(slots=True)

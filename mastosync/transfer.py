@@ -26,39 +26,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
-import ctypes
 import dataclasses
 import functools
 import hashlib
-import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
+from mastosync.etags import MultipartEtags, md5_of, part_size_for
+from mastosync.memory import MemoryBudget
 from mastosync.outcome import Outcome, Proof, Status
 from mastosync.storage import Body, ServerSideCopy, Store
-from mastosync.storage.base import Head, NotFound, StorageError, Transient
+from mastosync.storage.base import ABSENT, Head, Known, NotFound, StorageError, Transient
 from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import RetryPolicy
-from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT, MAX_PARTS
+from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT
 
 MiB = 1024 * 1024
-# Part sizes a source's multipart upload is likely to have used: aws-sdk (Mastodon's
-# Paperclip) 5 MiB, boto3 and rclone 8 MiB, 15 MiB (S3_MULTIPART_THRESHOLD), 16 MiB.
-USUAL_PART_SIZES = (5 * MiB, 8 * MiB, 15 * MiB, 16 * MiB, 10 * MiB, 64 * MiB)
 
 
-ABSENT = -1  # a listing showed the key does not exist
 KEPT_NEWER = "newer at the destination, kept"
-
-
-class Known(NamedTuple):
-    """What listing told of an object's sizes before the copy, side by side: a size, ABSENT
-    (the listing showed no such key), or None (not known: ask with HEAD). The one way
-    mastosync says unknown or absent."""
-
-    source_size: int | None = None
-    destination_size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,117 +71,6 @@ class ContentMismatch(Transient):
     def __init__(self, message: str, md5: str) -> None:
         super().__init__(message)
         self.md5 = md5
-
-
-def keep_large_buffers_mapped() -> None:
-    """Make glibc return every large body buffer to the system when it is freed.
-
-    glibc serves allocations over its mmap threshold (128 KiB) with mmap, and returns them
-    on free; but after freeing one it raises the threshold to that size (up to 32 MiB), so
-    later bodies come from the heap, which fragments and never shrinks: a run's RSS grew
-    to several times its budget. Setting the threshold fixes it (and turns off that
-    adjustment). 4 MiB rather than lower: every mmap'd buffer is fresh pages to fault in,
-    which cost 5-10% more CPU at 256 KiB for no less memory (bench: 111-132 MB either
-    way). At most two malloc arenas for the hashing threads. A no-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 * 1024 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class MemoryBudget:
-    """Bytes of object data held in memory at once, across all copies (an async weighted semaphore)."""
-
-    limit: int
-    used: int = 0
-    _waiters: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    async def acquire(self, n: int) -> int:
-        n = min(n, self.limit)  # an object larger than the budget waits for all of it
-        async with self._waiters:
-            await self._waiters.wait_for(lambda: self.used + n <= self.limit)
-            self.used += n
-        return n
-
-    async def release(self, n: int) -> None:
-        async with self._waiters:
-            self.used -= n
-            self._waiters.notify_all()
-
-
-THREAD_HASH_FROM = 1 * MiB  # bodies this large are hashed off the event loop
-
-
-async def md5_of(data: bytes | bytearray) -> bytes:
-    """The MD5 digest of `data`. hashlib releases the GIL on large buffers, so a large body
-    is hashed in a thread, on another core, while the loop goes on with other copies."""
-    if len(data) < THREAD_HASH_FROM:
-        return hashlib.md5(data).digest()
-    return await asyncio.to_thread(lambda: hashlib.md5(data).digest())
-
-
-def part_size_for(size: int, configured: int) -> int:
-    """The configured part size, or more (whole MiB) when the object needs over 10,000 parts."""
-    if size <= configured * MAX_PARTS:
-        return configured
-    return math.ceil(size / MAX_PARTS / MiB) * MiB
-
-
-class MultipartEtags:
-    """The multipart ETags the bytes would have under each plausible source part size.
-
-    Only sizes giving the source's part count are followed; a part size equal to ours
-    reuses the MD5s computed for Content-MD5, so the usual case hashes nothing twice.
-    """
-
-    def __init__(self, size: int, etag: str, ours: int) -> None:
-        stem, _, count = etag.strip('"').lower().partition("-")
-        self.expected = stem
-        parts = int(count) if count.isdigit() else 0
-        self._ours = ours
-        self._sizes = sorted({p for p in (*USUAL_PART_SIZES, ours, _even_split(size, parts))
-                              if p >= 5 * MiB and parts and math.ceil(size / p) == parts})
-        self._digests: dict[int, list[bytes]] = {p: [] for p in self._sizes}
-        self._current = {p: hashlib.md5() for p in self._sizes if p != ours}
-        self._filled = dict.fromkeys(self._sizes, 0)
-
-    @property
-    def plausible(self) -> bool:
-        return bool(self._sizes)
-
-    def feed(self, data: bytes | bytearray, digest: bytes) -> None:
-        """The next part of ours (`digest` is its MD5)."""
-        for p in self._sizes:
-            if p == self._ours:
-                self._digests[p].append(digest)
-                continue
-            view = memoryview(data)
-            while view:
-                take = min(len(view), p - self._filled[p])
-                self._current[p].update(view[:take])
-                self._filled[p] += take
-                view = view[take:]
-                if self._filled[p] == p:
-                    self._digests[p].append(self._current[p].digest())
-                    self._current[p], self._filled[p] = hashlib.md5(), 0
-
-    def matches(self) -> bool:
-        for p in self._sizes:
-            digests = list(self._digests[p])
-            if p != self._ours and self._filled[p]:
-                digests.append(self._current[p].digest())
-            if hashlib.md5(b"".join(digests)).hexdigest() == self.expected:
-                return True
-        return False
-
-
-def _even_split(size: int, parts: int) -> int:
-    """The part size of `parts` parts in whole MiB, as some tools choose it."""
-    return math.ceil(size / parts / MiB) * MiB if parts else 0
 
 
 @dataclass

@@ -24,16 +24,13 @@ import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings, MiB
 from mastosync.errors import BucketError
+from mastosync.etags import MultipartEtags, part_size_for
+from mastosync.memory import MemoryBudget
 from mastosync.outcome import Proof, Status
 from mastosync.storage.base import Head
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket, _retry_after, upload_extra
-from mastosync.transfer import (
-    Copier,
-    MemoryBudget,
-    MultipartEtags,
-    part_size_for,
-)
+from mastosync.transfer import Copier
 from tests.conftest import ROOT, MastodonDb, new_bucket, start_server, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy

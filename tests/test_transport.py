@@ -17,11 +17,12 @@ import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings
 from mastosync.errors import BucketError
+from mastosync.memory import MemoryBudget
 from mastosync.outcome import Status
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket
 from mastosync.storage.transport import ConnectFailed, HTTPError, Transport
-from mastosync.transfer import Copier, MemoryBudget
+from mastosync.transfer import Copier
 from tests.conftest import new_bucket
 from tests.services.process import free_port
 from tests.services.s3 import RcloneServer

@@ -15,9 +15,8 @@ from mastosync.errors import EndpointDown
 from mastosync.outcome import Status
 from mastosync.plan import Job
 from mastosync.storage import Store
-from mastosync.storage.base import Head, StorageError, Transient
+from mastosync.storage.base import ABSENT, Head, Known, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy
-from mastosync.transfer import ABSENT, Known
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -91,3 +92,15 @@ class Head:
 def content_md5(data: bytes | bytearray) -> str:
     """The Content-MD5 header of a body: the server refuses it (BadDigest) if damaged on the way."""
     return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+ABSENT = -1  # a listing showed the key does not exist
+
+
+class Known(NamedTuple):
+    """What listing told of an object's sizes before the copy, side by side: a size, ABSENT
+    (the listing showed no such key), or None (not known: ask with HEAD). The one way
+    mastosync says unknown or absent."""
+
+    source_size: int | None = None
+    destination_size: int | None = None
