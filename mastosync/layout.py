@@ -178,6 +178,10 @@ class Hidden:
     suspended_accounts: frozenset[int] = frozenset()
     discarded_statuses: frozenset[int] = frozenset()
 
+    def __bool__(self) -> bool:
+        """Whether anything is hidden at all (most instances: a few suspended accounts, or none)."""
+        return bool(self.suspended_accounts or self.discarded_statuses)
+
     def hides(self, row: Mapping[str, Any]) -> bool:
         return (row.get("account_id") in self.suspended_accounts
                 or row.get("status_id") in self.discarded_statuses)
@@ -293,7 +297,7 @@ def objects_of(
     partition = id_partition(record_id)
     type_name = object_type.name
     privacy = object_type.privacy
-    private = privacy == PRIVATE or (privacy == PRIVATE_IF_HIDDEN and hidden.hides(row))
+    private = privacy == PRIVATE or (privacy == PRIVATE_IF_HIDDEN and bool(hidden) and hidden.hides(row))
     for att in object_type.attachments:
         original = row.get(att.file_name)
         if not original:
