@@ -422,19 +422,6 @@ def _check(where: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         raise ConfigError(where, f"expected a value {span}, got {_describe(value, meta)}")
 
 
-def _place(side: BucketSettings) -> tuple[str, str, str]:
-    """Where a side's objects are: the endpoint (normalised; AWS's by region), bucket, key prefix;
-    for a folder, its kind and root."""
-    if side.is_folder:
-        return (side.kind, side.root.rstrip("/") or "/", "")
-    if not side.endpoint:
-        return (f"aws:{side.region or 'us-east-1'}", side.bucket, side.key_prefix)
-    parts = urlsplit(side.endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return (f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}{parts.path.rstrip('/')}", side.bucket,
-            side.key_prefix)
-
-
 def _same_folder(a: BucketSettings, b: BucketSettings) -> bool:
     """Two local roots that are one folder under two names (a symlink, a bind mount)."""
     if not a.kind == b.kind == "filesystem":
@@ -475,7 +462,10 @@ def _check_together(settings: Settings) -> None:
     if settings.destination.owner and not settings.destination.is_folder:
         raise ConfigError("destination.owner", "applies to a folder destination (kind = \"filesystem\" or "
                                                "\"sftp\"); in a bucket, access is the ACL's business")
-    if _place(settings.source) == _place(settings.destination) or _same_folder(settings.source, settings.destination):
+    from mastosync.sides import side_of
+
+    same = side_of(settings.source, settings.ssh).place() == side_of(settings.destination, settings.ssh).place()
+    if same or _same_folder(settings.source, settings.destination):
         what = "folder" if settings.source.is_folder else "bucket and key prefix"
         raise ConfigError("destination", f"is the same {what} as the source: every object would "
                                          "be skipped as already there (use another bucket, key_prefix or root)")

@@ -25,36 +25,21 @@ from urllib.parse import urlsplit
 from mastosync import version
 from mastosync.config import BucketSettings, DestinationSettings, Settings
 from mastosync.errors import UsageError
+from mastosync.sides import S3Side
 
 R2_API_HOST = ".r2.cloudflarestorage.com"  # R2's S3 API: signed requests only, never public
 
 
-def _prefixed(side: BucketSettings) -> str:
-    return f"{side.key_prefix}/".removeprefix("/") if side.key_prefix else ""
-
-
 def public_base(side: BucketSettings) -> str:
-    """The URL under which the side's objects are served publicly, ending in "/": its public_url
-    (a CDN, a bucket's public domain), else the path-style URL Mastodon builds."""
-    if side.public_url:
-        return f"{side.public_url.rstrip('/')}/{_prefixed(side)}"
-    protocol, hostname = _protocol_and_hostname(side)
-    return f"{protocol}://{hostname}/{side.bucket}/{_prefixed(side)}"
-
-
-def _protocol_and_hostname(side: BucketSettings) -> tuple[str, str]:
-    """Where the objects are, path style: the endpoint's scheme and host (and path), or AWS's."""
-    if not side.endpoint:
-        return "https", f"s3.{side.region or 'us-east-1'}.amazonaws.com"
-    parts = urlsplit(side.endpoint)
-    return parts.scheme, f"{parts.netloc}{parts.path.rstrip('/')}"
+    """The URL under which the side's objects are served publicly, ending in "/" (sides.py)."""
+    return S3Side.of(side).public_base()
 
 
 def env_lines(destination: DestinationSettings, mastodon: str | None = None) -> list[str]:
     """The .env.production block for the destination: complete, each live line as it must be;
     what needs a word of explanation has it on a comment line of its own (dotenv files take no
     comments after a value). `mastodon`: the release the database belongs to, when known."""
-    protocol, hostname = _protocol_and_hostname(destination)
+    protocol, hostname = S3Side.of(destination).protocol_and_hostname()
     lines = ["S3_ENABLED=true", f"S3_BUCKET={destination.bucket}", f"S3_REGION={destination.region or 'us-east-1'}"]
     if destination.endpoint:
         lines.append(f"S3_ENDPOINT={destination.endpoint.rstrip('/')}")

@@ -194,13 +194,10 @@ class ResumeState:
 def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """What makes two runs the same migration: both places, include_remote and the shard
     (not --since)."""
+    from mastosync.sides import side_of
+
     def place(side: BucketSettings) -> list[str]:
-        if side.kind == "sftp":
-            return ["sftp", f"{settings.ssh.user}@{settings.ssh.host}:{settings.ssh.port}", side.root]
-        if side.kind == "filesystem":
-            return ["filesystem", side.root]
-        # Prefixes verbatim: "m" and "m/" are different places (layout.full_key).
-        return [side.endpoint, side.bucket, side.key_prefix]
+        return side_of(side, settings.ssh).identity()
 
     found: dict[str, Any] = {"source": place(settings.source), "destination": place(settings.destination),
                              "include_remote": settings.sync.include_remote}

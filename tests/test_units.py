@@ -122,3 +122,25 @@ def test_run_holds_at_most_its_memory_budget_of_object_bytes() -> None:
 
     asyncio.run(many())
     assert budget.limit == 24 * MiB and 16 * MiB <= peak <= budget.limit and budget.used == 0
+
+
+def test_where_a_side_lives_one_type_per_kind() -> None:
+    """sides.py: the identity (the resume state's key, pinned: existing state files must keep
+    their names), the place (two spellings of one endpoint), the public URL and the API URL."""
+    from mastosync.config import BucketSettings, SshSettings
+    from mastosync.sides import LocalFolder, S3Side, SftpFolder, side_of
+
+    ssh = SshSettings(host="h.example", user="u")
+    s3 = side_of(BucketSettings(endpoint="https://S3.Example.com:443/", bucket="b", key_prefix="m/"), ssh)
+    assert isinstance(s3, S3Side) and s3.identity() == ["https://S3.Example.com:443/", "b", "m/"]
+    assert s3.place() == side_of(BucketSettings(endpoint="https://s3.example.com", bucket="b", key_prefix="m/"),
+                                 ssh).place()
+    assert s3.public_base() == "https://S3.Example.com:443/b/m//"  # kt-paperclip's prefix + "/" + key
+    assert s3.url() == ("https://S3.Example.com:443", "/b/")
+    folder = side_of(BucketSettings(kind="filesystem", root="/srv/system/"), ssh)
+    assert isinstance(folder, LocalFolder) and folder.identity() == ["filesystem", "/srv/system/"]
+    assert folder.place() == ("filesystem", "/srv/system", "") and folder.public_base() is None
+    remote = side_of(BucketSettings(kind="sftp", root="/srv/system"), ssh)
+    assert isinstance(remote, SftpFolder) and remote.identity() == ["sftp", "u@h.example:22", "/srv/system"]
+    aws = side_of(BucketSettings(region="eu-west-1", bucket="b"), ssh)
+    assert aws.place() == ("aws:eu-west-1", "b", "") and aws.public_base() == "https://s3.eu-west-1.amazonaws.com/b/"
