@@ -121,9 +121,12 @@ def cli(config_path: str | None) -> None:
     proves the destination is complete. Either side may be a bucket, a folder here
     (Mastodon's public/system) or a folder on the SSH host (kind = "filesystem"/"sftp").
 
-    The usual migration: `dry-run` to check, `run --all` while the instance keeps
-    running, switch Mastodon over (`cutover` says how), `run --all --since last` to
-    catch up, then `verify --all`. Already migrated with another tool: `audit`, `fix`.
+    The usual migration: `check`, then `dry-run` to look, `run --all` while the instance
+    keeps running (`--processes auto` for every core, `--bwlimit` to spare the uplink,
+    `--metrics` for Prometheus), `verify --all`, switch Mastodon over (`cutover` prints
+    the settings once verify found the destination complete), `run --all --since last`
+    to catch up, then `verify --all` again. Already migrated with another tool:
+    `audit`, `fix`.
 
     Exit codes: 0 success; 1 objects failed to copy, verify or audit found gaps, an
     endpoint went down or a disk filled up; 2 bad usage, bad configuration, a source
