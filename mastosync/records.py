@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -382,7 +382,7 @@ async def stream(
     window_rows: int = 100_000,
     window_seconds: float = 60.0,
     prefetch: int = 2000,
-) -> AsyncIterator[asyncpg.Record]:
+) -> AsyncGenerator[asyncpg.Record, None]:
     """Rows of `query` in id order, each exactly once, across reconnects."""
     last = after_id
     failures = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -141,18 +142,23 @@ class Engine:
                 if query is None:
                     continue
                 batch: list[Job] = []
-                async for row in records.stream(self.db, query, after_id=after_id, prefetch=self.batch):
-                    if self.stop.is_set():
-                        return
-                    progress.retrying_seen(row["id"])
-                    objects = layout.objects_of(object_type, row, since, self.hidden)
-                    stats.records += 1
-                    progress.begin(row["id"], len(objects))
-                    batch.extend(jobs_for(obj, source_prefix, destination_prefix, progress, stats)
-                                 for obj in objects)
-                    if len(batch) >= self.list_batch:
-                        await self._hand_out(batch)
-                        batch = []
+                # Closed here when the producer stops (a cancellation leaves an async for's generator
+                # open, its cursor's transaction too, until the loop finalises it: meanwhile the
+                # next use of the connection found it "closed in the middle of operation").
+                rows = contextlib.aclosing(records.stream(self.db, query, after_id=after_id, prefetch=self.batch))
+                async with rows as stream:
+                    async for row in stream:
+                        if self.stop.is_set():
+                            return
+                        progress.retrying_seen(row["id"])
+                        objects = layout.objects_of(object_type, row, since, self.hidden)
+                        stats.records += 1
+                        progress.begin(row["id"], len(objects))
+                        batch.extend(jobs_for(obj, source_prefix, destination_prefix, progress, stats)
+                                     for obj in objects)
+                        if len(batch) >= self.list_batch:
+                            await self._hand_out(batch)
+                            batch = []
                 await self._hand_out(batch)
                 await self._hand_out([])  # the batches still being listed
                 if retrying:

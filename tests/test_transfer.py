@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -90,10 +91,21 @@ async def test_missing_skipped_and_permanent(s3: S3Server) -> None:
         assert (await c.copy("here.png", "here.png")).status == Status.COPIED
         again = await c.copy("here.png", "here.png")
         assert (again.status, again.bytes) == (Status.SKIPPED, 0)
+    # Another size at the destination, written before the source's (Last-Modified has whole
+    # seconds): an earlier version's copy, so copied again …
     s3.put(dst, "here.png", b"different size")
+    time.sleep(1.1)
+    seed(s3, src, {"here.png": (100, "image/png")})
     async with copier(s3, src, dst) as c:
-        assert (await c.copy("here.png", "here.png")).status == Status.COPIED  # size differs: copied again
+        assert (await c.copy("here.png", "here.png")).status == Status.COPIED
     assert s3.get(dst, "here.png")[0] == body("here.png", 100, "image/png")
+    # … but written after it, by Mastodon at the destination after the switch: kept.
+    time.sleep(1.1)
+    s3.put(dst, "here.png", b"rewritten there")
+    async with copier(s3, src, dst) as c:
+        kept = await c.copy("here.png", "here.png")
+    assert (kept.status, kept.note) == (Status.SKIPPED, "newer at the destination, kept")
+    assert s3.get(dst, "here.png")[0] == b"rewritten there"
     async with copier(s3, src, "no-such-bucket-mastosync") as c:
         failed = await c.copy("here.png", "here.png")
     assert failed.status == Status.FAILED and failed.attempts == 1 and "NoSuchBucket" in (failed.error or "")
