@@ -208,6 +208,11 @@ class MediaObject(NamedTuple):
     estimate: int = 0  # its size as far as known before listing: the database's, or DERIVED_ESTIMATE
 
 
+# A MediaObject from its ten fields in order, without the keyword-handling __new__ that
+# NamedTuple generates: this runs for every object of the instance (dry-run, every run).
+_make = MediaObject._make
+
+
 # The size a derived style is taken to have until a listing or a copy tells (small images,
 # statics and icons are tens of kilobytes; never more than the original).
 DERIVED_ESTIMATE = 64 * 1024
@@ -308,17 +313,17 @@ def objects_of(
         folder = f"{cache}{att.path}/{partition}/"
         content_type = row.get(att.content_type)
         size = row.get(att.file_size)
-        found.append(MediaObject(type_name, record_id, att.name, "original", f"{folder}original/{original}",
-                                 size, content_type, private, None, size or 0))
+        found.append(_make((type_name, record_id, att.name, "original", f"{folder}original/{original}",
+                            size, content_type, private, None, size or 0)))
         derived_estimate = min(size or 0, DERIVED_ESTIMATE)
         for style in att.styles(row):
             fallback = None
             if style.fallback_format is not None:
                 other = Style(style.name, style.fallback_format)
                 fallback = f"{folder}{style.name}/{style_file_name(original, other)}"
-            found.append(MediaObject(type_name, record_id, att.name, style.name,
-                                     f"{folder}{style.name}/{style_file_name(original, style)}",
-                                     None, content_type, private, fallback, derived_estimate))
+            found.append(_make((type_name, record_id, att.name, style.name,
+                                f"{folder}{style.name}/{style_file_name(original, style)}",
+                                None, content_type, private, fallback, derived_estimate)))
     return found
 
 
