@@ -228,6 +228,13 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
 
 
+# Values given with a unit: (the plain number's type, the parser of a text, what is expected).
+UNITS: dict[str, tuple[Any, typing.Callable[[str], Any], str]] = {
+    "size": (int, parse_size, "a size such as \"8MiB\" or a number of bytes"),
+    "duration": (int | float, parse_duration, "a duration such as \"5m\", \"1h\" or a number of seconds"),
+}
+
+
 def format_size(n: float) -> str:
     """Bytes in binary units for people: 16777216 → '16.0 MiB'."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -354,24 +361,16 @@ def _describe(value: Any, meta: typing.Mapping[str, Any]) -> str:
 def _coerce(where: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) -> Any:
     """A TOML value → the field's type; TOML already typed it, so only check and convert."""
     shown = _describe(value, meta)
-    if meta.get("parse") == "size":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if meta.get("parse") in UNITS:
+        number, parse, expected = UNITS[meta["parse"]]
+        if isinstance(value, number) and not isinstance(value, bool):
+            return value if number is int else float(value)
         if isinstance(value, str):
             try:
-                return parse_size(value)
+                return parse(value)
             except ValueError:
                 pass
-        raise ConfigError(where, f"expected a size such as \"8MiB\" or a number of bytes, got {shown}")
-    if meta.get("parse") == "duration":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return parse_duration(value)
-            except ValueError:
-                pass
-        raise ConfigError(where, f"expected a duration such as \"5m\", \"1h\" or a number of seconds, got {shown}")
+        raise ConfigError(where, f"expected {expected}, got {shown}")
     if kind is bool:
         if isinstance(value, bool):
             return value
