@@ -78,13 +78,9 @@ async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, masto
                                                            moto: S3Server) -> None:
     """Interrupted at half, a copied record refreshed meanwhile, resumed to completion: the
     catch-up copies the refreshed file. A --limit trial and a --since in the future are no baseline."""
-    import os
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from tests.conftest import ROOT
+    from tests.reliability.helpers import start_run, wait_stored
 
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
     objects = await seed_media(mastodon_db, moto, src, range(1, 201))
@@ -98,14 +94,8 @@ async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, masto
         assert trial.returncode == 0, trial.stderr
         refused = run_cli("run", "--since", "last", config=config)
         assert refused.returncode == 2 and "--limit run does not count" in refused.stderr
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
-        proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--config", str(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        deadline = time.monotonic() + 120
-        while sum(proxy.counters.stored.values()) < len(objects) // 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        proc = start_run(config)
+        wait_stored(proxy, len(objects) // 2, proc)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
         assert proc.returncode == 130

@@ -4,17 +4,15 @@ summary; they stay up sync.metrics_linger after it, and a Ctrl-C then ends the w
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, MastodonDb, new_bucket, write_config
+from tests.conftest import MastodonDb, new_bucket, write_config
+from tests.reliability.helpers import start_run
 from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
 from tests.services.s3 import S3Server
@@ -43,10 +41,7 @@ async def test_metrics_during_and_at_the_end_of_a_run(tmp_path: Path, mastodon_d
         config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
                               destination_endpoint=proxy.endpoint,
                               extra={"sync": {"concurrency": 4, "metrics_linger": "60s"}})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
-        proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--config", str(config), "--metrics",
-                                 f"127.0.0.1:{port}", "--log-file", str(log)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        proc = start_run(config, "--metrics", f"127.0.0.1:{port}", "--log-file", str(log))
         scrapes = []
         deadline = time.monotonic() + 120
         while not (log.exists() and '"event": "summary"' in log.read_text()):

@@ -4,16 +4,12 @@ and resume with two processes; a failing worker named; --since last after it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
-from tests.reliability.helpers import summary_row
+from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
+from tests.reliability.helpers import start_run, summary_row, wait_stored
 from tests.services.faultproxy import FaultProxy
 from tests.services.s3 import S3Server
 from tests.test_cutover_flow import media_key, seed_media
@@ -55,15 +51,8 @@ async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: M
     try:
         config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
                               destination_endpoint=proxy.endpoint, extra={"sync": {"concurrency": 4}})
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
-        proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--processes", "2", "--config",
-                                 str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                env=env)
-        deadline = time.monotonic() + 120
-        while sum(proxy.counters.stored.values()) < len(objects) // 3:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        proc = start_run(config, "--processes", "2")
+        wait_stored(proxy, len(objects) // 3, proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
