@@ -201,9 +201,8 @@ class AuditStep:
         acl_wrong = False
         public = await self._public(key) if (self.acl or self.folder) and not self.no_acls else None
         if public is not None:
-            # A folder serves what is readable: everything but hidden media (backups included).
-            should = (bool(layout.file_mode(obj) & 0o004) if self.folder
-                      else not obj.private and self.acl in PUBLIC_ACLS)
+            # A folder serves what is readable; a bucket what has a public ACL.
+            should = not layout.kept_from_public(obj, self.folder) and (self.folder or self.acl in PUBLIC_ACLS)
             if public != should:
                 acl_wrong = True
                 tally.wrong_acl += 1

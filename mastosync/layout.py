@@ -352,6 +352,13 @@ def file_mode(obj: MediaObject) -> int:
     return 0o600 if hidden else 0o644
 
 
+def kept_from_public(obj: MediaObject, folder: bool) -> bool:
+    """Whether Mastodon keeps the object from the public: in a bucket, what it writes private;
+    in a folder, what it gives mode 0600 (hidden media only: a backup's file is served, its
+    link being the secret)."""
+    return not file_mode(obj) & 0o004 if folder else obj.private
+
+
 _ATTACHMENT_PATHS = {(t.name, a.name): a.path for t in TYPES.values() for a in t.attachments}
 
 

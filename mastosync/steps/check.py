@@ -82,7 +82,8 @@ class CheckStep:
             return Finding(job, Status.DIFFERENT, f"size {dst.size} at the destination, {src.size} at the source",
                            src.size, dst.size)
         try:
-            hidden = self.check_private and self._hidden(job) and not self.acl_unreadable
+            hidden = (self.check_private and not self.acl_unreadable
+                      and layout.kept_from_public(job.obj, folder=not self.destination.keeps_metadata))
             if hidden and await self._public(job.destination_key):
                 return Finding(job, Status.DIFFERENT, "public at the destination, but Mastodon keeps it private "
                                                       "(mastosync fix --acl sets it private)", src.size, dst.size)
@@ -91,13 +92,6 @@ class CheckStep:
             return await self._content(job, src.size)
         except (StorageError, EndpointDown) as exc:
             return Finding(job, Status.ERROR, str(exc), fatal=exc if isinstance(exc, EndpointDown) else None)
-
-    def _hidden(self, job: Job) -> bool:
-        """Whether Mastodon keeps the object from the public: private in a bucket; in a folder,
-        mode 0600 (hidden media only: a backup's file is served, its link being the secret)."""
-        if self.destination.keeps_metadata:
-            return job.obj.private
-        return not layout.file_mode(job.obj) & 0o004
 
     async def _public(self, key: str) -> bool:
         """Whether everyone may read it; False, and no more asked, where the destination keeps
