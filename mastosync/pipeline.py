@@ -125,7 +125,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
             display.on_tick = lambda: events.event("progress", **total_of(list(stats.values())).to_json(),
                                                    types={s.name: s.to_json() for s in stats.values()})
         timetable = Timetable.parse(settings.sync.bwlimit)
-        if bandwidth_limit(timetable) is not None or settings.sync.tpslimit:
+        if timetable.limits or settings.sync.tpslimit:
             tps = f", {settings.sync.tpslimit:g} requests/s to each bucket" if settings.sync.tpslimit else ""
             display.limit_text = lambda: (f"limit {timetable.describe(timetable.rate_at(datetime.now()))}"
                                           f" read{tps}")

@@ -64,6 +64,11 @@ class Timetable:
                 current = rate
         return current
 
+    @property
+    def limits(self) -> bool:
+        """Whether any slot sets a rate ("off" all day limits nothing)."""
+        return any(rate is not None for _, rate in self.slots)
+
     def divided(self, n: int) -> str:
         """The same timetable with every rate split n ways ("off" stays off), as --bwlimit reads it."""
         def rate(value: float | None) -> str:
@@ -106,7 +111,7 @@ class RateLimit:
 
 def bandwidth_limit(timetable: Timetable | None) -> RateLimit | None:
     """The limit on object bytes read from the source, shared by every copy of this process."""
-    if timetable is None or all(rate is None for _, rate in timetable.slots):
+    if timetable is None or not timetable.limits:
         return None
     return RateLimit(lambda: timetable.rate_at(datetime.now()))
 
