@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
-from mastosync import __version__, config, layout
+from mastosync import __version__, config
 from mastosync.errors import InternalError, MastosyncError
+from mastosync.mastodon import layout
 from mastosync.redact import redact
 from mastosync.request import parse_shard, parse_since
 
@@ -208,9 +209,9 @@ def run(
     import dataclasses
     import re
 
-    from mastosync import pipeline
+    from mastosync.commands import run as run_command
+    from mastosync.commands.processes import processes_for
     from mastosync.errors import UsageError
-    from mastosync.processes import processes_for
     from mastosync.request import Request
     from mastosync.storage.limits import Timetable
 
@@ -227,7 +228,7 @@ def run(
         sync, bwlimit=sync.bwlimit if bwlimit is None else bwlimit,
         tpslimit=sync.tpslimit if tpslimit is None else tpslimit,
         metrics_addr=sync.metrics_addr if metrics_addr is None else metrics_addr))
-    pipeline.run(
+    run_command.run(
         settings,
         Request(
             types=chosen_types(types, all_types),
@@ -271,7 +272,7 @@ def dry_run(
     Reads the database only (through the SSH tunnel when configured); writes nothing
     anywhere and needs no bucket credentials.
     """
-    from mastosync import dryrun
+    from mastosync.commands import dryrun
     from mastosync.request import Request
 
     settings = _load(config_path)
@@ -322,11 +323,11 @@ def verify(
     database references but the source lacks. Exit 1 when the destination lacks
     anything the source has. With --checksum, the content too.
     """
-    from mastosync import pipeline
+    from mastosync.commands import verify as verify_command
     from mastosync.request import Request
 
     settings = _load(config_path)
-    pipeline.verify(
+    verify_command.verify(
         settings,
         Request(
             types=chosen_types(types, all_types),
@@ -367,7 +368,7 @@ def audit_command(config_path: str | None, types: tuple[str, ...], all_types: bo
     what it means in run and verify: referenced, at neither side; reported, not an error.
     Exit 1 when the destination lacks an object the source has.
     """
-    from mastosync import audit
+    from mastosync.commands import audit
     from mastosync.config import parse_duration
     from mastosync.errors import UsageError
     from mastosync.request import Request
@@ -399,7 +400,7 @@ def fix_command(config_path: str | None, types: tuple[str, ...], all_types: bool
     everywhere. Only objects that differ are touched; objects already right cost a HEAD
     (and an ACL read), nothing more.
     """
-    from mastosync import audit
+    from mastosync.commands import audit
     from mastosync.errors import UsageError
     from mastosync.request import Request
 
@@ -429,7 +430,7 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
     import asyncio
     from pathlib import Path
 
-    from mastosync import init as init_config
+    from mastosync.commands import init as init_config
     from mastosync.errors import UsageError
 
     target = Path(output).expanduser()
@@ -470,7 +471,7 @@ def status(config_path: str | None) -> None:
     Shards included: each shard's state, which shards have not started, and the total.
     Reads only the state directory. Exit 0 when every state is complete, else 1.
     """
-    from mastosync import status as migration
+    from mastosync.commands import status as migration
 
     text, complete = migration.report(_load(config_path).sync.state_dir)
     click.echo(text, nl=False)
@@ -494,7 +495,7 @@ def check_command(config_path: str | None, as_json: bool) -> None:
     import asyncio
     import json
 
-    from mastosync import check
+    from mastosync.commands import check
     from mastosync.errors import ConfigError
 
     try:
@@ -521,7 +522,7 @@ def cutover_command(config_path: str | None) -> None:
     nothing absent or different (until then, only the step a week ahead; exit 1). Reads
     the state directory; connects to nothing.
     """
-    from mastosync import cutover
+    from mastosync.commands import cutover
     from mastosync.errors import VerifyGaps
     from mastosync.state import RunHistory
 

@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from mastosync import layout, records
 from mastosync.config import Settings
+from mastosync.display.progress import Stats
+from mastosync.engine.plan import Annotate, Feed, learn_sizes
 from mastosync.errors import ConfigError, FolderError
-from mastosync.plan import Annotate, learn_sizes
-from mastosync.progress import Stats
+from mastosync.mastodon import layout, records
 from mastosync.request import Request, filters_for
 from mastosync.state import TypeProgress
 from mastosync.storage import Store, make_store, needs_ssh
-from mastosync.storage.base import Head
+from mastosync.storage.base import UNTOLD, Head, UploadEvents
 from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:
@@ -86,17 +86,26 @@ class Connected:
     hidden: layout.Hidden
 
     def learn_sizes(self, need_source: bool) -> Annotate:
-        """learn_sizes on these buckets, as the engine's annotate step."""
+        """learn_sizes on these buckets, as the feed's annotate step."""
         return functools.partial(learn_sizes, source=self.source, destination=self.destination,
                                  need_source=need_source)
 
+    def feed(self, settings: Settings, request: Request, progress: dict[str, TypeProgress],
+             annotate: Annotate | None, retry: bool = False) -> Feed:
+        """The jobs of the selected records (those that failed last time first, with `retry`)."""
+        prefixes = (settings.source.key_prefix, settings.destination.key_prefix)
+        return Feed(self.db, request.types, self.queries, self.retry_queries if retry else {}, progress, self.stats,
+                    prefixes, settings.sync.db_batch, request.since, annotate, self.hidden)
+
 
 async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request: Request,
-                  progress: dict[str, TypeProgress], write: bool, only: str | None = None) -> Connected:
+                  progress: dict[str, TypeProgress], write: bool, only: str | None = None,
+                  stats: dict[str, Stats] | None = None, events: UploadEvents = UNTOLD) -> Connected:
     """Connect everything and check access up front: a bad password or bucket stops us here.
 
     With `only` ("source" or "destination": audit, fix), that side alone is opened; it then
-    stands for both."""
+    stands for both. `stats` are filled in with the totals to do (made here when not given);
+    the stores written to tell `events` of the uploads they open."""
     filters = filters_for(settings, request)
     destination_side = settings.destination
     if write and only is None and destination_side.kind == "filesystem" and not destination_side.owner \
@@ -113,7 +122,7 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
         # Mastodon's S3_PERMISSION is one setting: the old bucket was written as the new one is.
         store: Store = await stack.enter_async_context(make_store(side, only, pool, settings.sync.timeout, tunnel,
                                                                   acl=settings.destination.acl,
-                                                                  tpslimit=settings.sync.tpslimit))
+                                                                  tpslimit=settings.sync.tpslimit, events=events))
         source = destination = store
         checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, extra=store.headers_for(Head(0), False)),
                                                      return_exceptions=True)
@@ -122,7 +131,7 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
             make_store(settings.source, "source", pool, settings.sync.timeout, tunnel, tpslimit=settings.sync.tpslimit))
         destination = await stack.enter_async_context(
             make_store(settings.destination, "destination", pool, settings.sync.timeout, tunnel,
-                       tpslimit=settings.sync.tpslimit))
+                       tpslimit=settings.sync.tpslimit, events=events))
         # Both at once, and while the database is asked what to do: each check is a round
         # trip or two to a provider that may be far away. The write check sends what every
         # copy sends (ACL, storage class), so a bucket that refuses them is found now.
@@ -148,7 +157,7 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
             raise outcome
     if write and only is None:
         await refuse_one_bucket_twice(settings, source, destination)
-    stats = {name: Stats(name) for name in request.types}
+    stats = stats if stats is not None else {name: Stats(name) for name in request.types}
     for name, query in queries.items():
         s = stats[name]
         if query is None:

@@ -16,7 +16,7 @@ from mastosync.errors import UsageError
 from mastosync.state import RunHistory
 
 if TYPE_CHECKING:  # asyncpg, imported by records, costs every start of the CLI 0.1 s
-    from mastosync import records
+    from mastosync.mastodon import records
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def report_label(command: str, shard: tuple[int, int] | None) -> str:
 
 
 def filters_for(settings: Settings, request: Request) -> records.Filters:
-    from mastosync import records
+    from mastosync.mastodon import records
 
     return records.Filters(
         limit=request.limit, since=request.since, include_remote=settings.sync.include_remote, shard=request.shard

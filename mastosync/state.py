@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,7 +91,7 @@ class ResumeState:
     """The resume file of one source → destination selection."""
 
     def __init__(self, settings: Settings, since: datetime | None, shard: tuple[int, int] | None = None,
-                 kind: str = "resume") -> None:
+                 kind: str = "resume", counted: Mapping[str, Any] | None = None) -> None:
         # The migration (and shard), and --since: progress is comparable only within both.
         # `kind` other than "resume" is another command's progress (fix-destination …).
         self.identity: dict[str, Any] = {**selection(settings, shard),
@@ -101,9 +102,9 @@ class ResumeState:
         self.path = Path(settings.sync.state_dir) / name
         self.shard = shard
         self.types: dict[str, TypeProgress] = {}
-        # This run's counters per type (copied, skipped, missing, bytes), added to the earlier
-        # runs' in the file: a resumed run can say what the whole migration has done.
-        self.counters: Any = lambda name: {}
+        # This run's counters per type (progress.Stats: copied, skipped, missing, bytes), added
+        # to the earlier runs' in the file: a resumed run can say what the whole migration has done.
+        self.counted: Mapping[str, Any] = counted or {}
         # Multipart uploads started and not yet completed or aborted: (key, upload id).
         # Written when one starts, so that after a crash the next run aborts what was left.
         self.open_uploads: set[tuple[str, str]] = set()
@@ -164,8 +165,8 @@ class ResumeState:
         types = {}
         for name, progress in self.types.items():
             types[name] = progress.to_json()
-            counters = self.counters(name)
-            types[name]["so_far"] = {k: progress.earlier.get(k, 0) + counters.get(k, 0)
+            this_run = self.counted.get(name)
+            types[name]["so_far"] = {k: progress.earlier.get(k, 0) + getattr(this_run, k, 0)
                                      for k in (*SO_FAR, *progress.earlier)}
             if complete and complete.get(name) and not progress.failed_ids:
                 types[name]["complete"] = True

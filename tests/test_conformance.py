@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings, MiB
+from mastosync.engine.etags import MultipartEtags, part_size_for
+from mastosync.engine.memory import MemoryBudget
+from mastosync.engine.outcome import Proof, Status
+from mastosync.engine.transfer import Copier
 from mastosync.errors import BucketError
-from mastosync.etags import MultipartEtags, part_size_for
-from mastosync.memory import MemoryBudget
-from mastosync.outcome import Proof, Status
 from mastosync.storage.base import Head
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket, _retry_after, upload_extra
-from mastosync.transfer import Copier
 from tests.conftest import ROOT, MastodonDb, new_bucket, start_server, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
@@ -346,7 +346,7 @@ def test_part_size_scales_to_the_part_limit(size: int, expected: int) -> None:
 
 async def test_server_side_copy_in_parts(moto: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Objects over CopyObject's 5 GiB go by UploadPartCopy (limits lowered to test it small)."""
-    import mastosync.transfer as transfer
+    import mastosync.engine.transfer as transfer
 
     monkeypatch.setattr(transfer, "MAX_COPY_OBJECT", 6 * MiB)
     monkeypatch.setattr(transfer, "COPY_PART_MIN", 5 * MiB)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mastosync import config, cutover
+from mastosync import config
+from mastosync.commands import cutover
 from mastosync.errors import UsageError
 from tests.conftest import new_bucket, to_toml
 from tests.services.s3 import S3Server
@@ -130,7 +131,7 @@ def test_the_key_prefix_line_needs_mastodon_4_3(tmp_path: Path, mastodon: str | 
 
 
 def test_mastodon_releases_from_migrations() -> None:
-    from mastosync.version import at_least, release_of
+    from mastosync.mastodon.version import at_least, release_of
 
     assert release_of(20230803112520) == "4.2" and release_of(20240101000000) == "4.2"
     assert release_of(20240916190140) == "4.3" and release_of(20260611150940) == "4.6"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mastosync import config
-from mastosync.init import parse_dotenv
+from mastosync.commands.init import parse_dotenv
 from tests.conftest import run_cli, to_toml
 from tests.services.ssh import AsyncsshServer
 

@@ -65,7 +65,7 @@ def test_a_defect_outside_the_engine_writes_its_traceback_to_the_state_dir(tmp_p
     config = write_config(tmp_path / "config.toml",
                           extra={"source": {"kind": "filesystem", "root": str(tmp_path / "old")},
                                  "destination": {"kind": "filesystem", "root": str(tmp_path / "new")}})
-    code = ("import sys; import mastosync.status as s\n"
+    code = ("import sys; import mastosync.commands.status as s\n"
             "def boom(state_dir): raise KeyError('planted')\n"
             "s.report = boom\n"
             "from mastosync.cli import main; main(sys.argv[1:])")

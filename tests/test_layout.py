@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mastosync import layout
+from mastosync.mastodon import layout
 
 MEDIA = layout.TYPES["media_attachments"]
 ACCOUNTS = layout.TYPES["accounts"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mastosync import layout, records
 from mastosync.config import DatabaseSettings
+from mastosync.mastodon import layout, records
 from tests.conftest import MastodonDb, make_db, run_cli, write_config
 from tests.services import instance
 

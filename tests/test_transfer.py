@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings, MiB
-from mastosync.memory import MemoryBudget
-from mastosync.outcome import Status
+from mastosync.engine.memory import MemoryBudget
+from mastosync.engine.outcome import Status
+from mastosync.engine.transfer import Copier
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket
-from mastosync.transfer import Copier
 from tests.conftest import new_bucket, start_server
 from tests.services.faultproxy import FaultProxy
 from tests.services.instance import CC, body

@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.engine.memory import MemoryBudget
+from mastosync.engine.outcome import Status
+from mastosync.engine.transfer import Copier
 from mastosync.errors import BucketError
-from mastosync.memory import MemoryBudget
-from mastosync.outcome import Status
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket
 from mastosync.storage.transport import ConnectFailed, HTTPError, Transport
-from mastosync.transfer import Copier
 from tests.conftest import new_bucket
 from tests.services.process import free_port
 from tests.services.s3 import RcloneServer

@@ -9,8 +9,8 @@ from datetime import datetime
 
 import pytest
 
+from mastosync.display.progress import Display, RateWindow, Stats
 from mastosync.errors import UsageError
-from mastosync.progress import Display, RateWindow, Stats
 from mastosync.request import parse_since
 from mastosync.state import TypeProgress
 
@@ -102,8 +102,9 @@ def test_plain_lines_when_not_a_terminal() -> None:
 
 def test_run_holds_at_most_its_memory_budget_of_object_bytes() -> None:
     """`run`'s budget is one object at the threshold plus one part, whatever the concurrency."""
+    from mastosync.commands.run import memory_budget
+
     from mastosync.config import MiB, SyncSettings
-    from mastosync.pipeline import memory_budget
 
     budget = memory_budget(SyncSettings(multipart_threshold=16 * MiB, part_size=8 * MiB))
     peak = 0

@@ -11,12 +11,12 @@ bucket's ACL, a file's mode) is in the headers each store makes with `headers_fo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config import BucketSettings, DestinationSettings
-from mastosync.storage.base import Head
+from mastosync.storage.base import UNTOLD, Head, UploadEvents
 from mastosync.storage.limits import request_limit
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.s3 import Bucket
@@ -36,10 +36,7 @@ class Store(Protocol):
 
     label: str
     keeps_metadata: bool  # headers, ETags, Content-MD5 checks: a bucket; a folder keeps bytes only
-    # Told (key, upload id) when a multipart upload (a large file's temporary) starts and ends,
-    # so that the resume state knows what a crash may leave open.
-    on_upload_started: Callable[[str, str], None] | None
-    on_upload_ended: Callable[[str, str], None] | None
+    events: UploadEvents  # told when a multipart upload (a large file's temporary) starts and ends
 
     @property
     def key_prefix(self) -> str: ...
@@ -111,7 +108,7 @@ def needs_ssh(*sides: BucketSettings) -> bool:
 
 
 def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunnel: Tunnel | None,
-               acl: str | None = None, tpslimit: float = 0.0) -> Store:
+               acl: str | None = None, tpslimit: float = 0.0, events: UploadEvents = UNTOLD) -> Store:
     """The store for one side of the copy (to be entered as an async context manager); `acl`:
     what a side other than the destination is written with (fix --side source)."""
     owner = side.owner if isinstance(side, DestinationSettings) else ""
@@ -119,12 +116,12 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
         from mastosync.storage.folders import FolderStore
         from mastosync.storage.localfiles import LocalFiles
 
-        return FolderStore(LocalFiles(side.root, label, pool, owner), label)
+        return FolderStore(LocalFiles(side.root, label, pool, owner), label, events)
     if side.kind == "sftp":
         from mastosync.storage.folders import FolderStore
         from mastosync.storage.sftpfiles import SftpFiles
 
         if tunnel is None:  # connect.open_ssh opens it for every sftp side: a wiring defect
             raise TypeError(f"{label}: an sftp side needs the SSH connection")
-        return FolderStore(SftpFiles(tunnel, side.root, label, owner), label)
-    return Bucket(side, pool, timeout, label, acl, request_limit(tpslimit))
+        return FolderStore(SftpFiles(tunnel, side.root, label, owner), label, events)
+    return Bucket(side, pool, timeout, label, acl, request_limit(tpslimit), events)

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -104,3 +104,24 @@ class Known(NamedTuple):
 
     source_size: int | None = None
     destination_size: int | None = None
+
+
+class UploadEvents(Protocol):
+    """Told (key, upload id) when a multipart upload (or a large file's temporary) starts and
+    when it is completed or aborted, so that the resume state knows what a crash may leave
+    open. Given to a store when it is made (engine/events.py: the whole set of events)."""
+
+    def upload_started(self, key: str, upload_id: str) -> None: ...
+
+    def upload_ended(self, key: str, upload_id: str) -> None: ...
+
+
+class NoUploadEvents:
+    def upload_started(self, key: str, upload_id: str) -> None:
+        pass
+
+    def upload_ended(self, key: str, upload_id: str) -> None:
+        pass
+
+
+UNTOLD: UploadEvents = NoUploadEvents()

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
 from mastosync.errors import FolderError
-from mastosync.storage.base import Head, NotFound, Permanent, StorageError, Transient
+from mastosync.storage.base import UNTOLD, Head, NotFound, Permanent, StorageError, Transient, UploadEvents
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES, content_type
 
@@ -129,12 +129,10 @@ class FolderStore:
     keeps_metadata = False
     pacer: Pacer | None = None  # a folder is not paced
 
-    def __init__(self, files: Files, label: str) -> None:
+    def __init__(self, files: Files, label: str, events: UploadEvents = UNTOLD) -> None:
         self.files = files
         self.label = label
-        # As Bucket's: told (key, upload id) when a large write starts and when it ends.
-        self.on_upload_started: Callable[[str, str], None] | None = None
-        self.on_upload_ended: Callable[[str, str], None] | None = None
+        self.events = events  # as Bucket's: told when a large write starts and when it ends
         self._writers: dict[str, Writer] = {}
         self._made: set[str] = set()  # folders known to exist: one mkdir per folder per run
 
@@ -246,13 +244,11 @@ class FolderStore:
         # The id is the temporary file, what an abort removes. It is recorded before the file
         # exists: a crash at any moment leaves nothing the next run does not know of.
         upload_id = self._temporary_for(key)
-        if self.on_upload_started is not None:
-            self.on_upload_started(key, upload_id)
+        self.events.upload_started(key, upload_id)
         try:
             self._writers[upload_id] = await self._open(key, extra, upload_id)
         except BaseException:
-            if self.on_upload_ended is not None:
-                self.on_upload_ended(key, upload_id)
+            self.events.upload_ended(key, upload_id)
             raise
         return upload_id
 
@@ -264,8 +260,7 @@ class FolderStore:
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
         await self._writers[upload_id].commit()
         del self._writers[upload_id]
-        if self.on_upload_ended is not None:
-            self.on_upload_ended(key, upload_id)
+        self.events.upload_ended(key, upload_id)
 
     async def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Remove the temporary file of an unfinished write (of this run, or left by a crash)."""
@@ -277,8 +272,7 @@ class FolderStore:
                 await self.files.remove(upload_id)
             except NotFound:
                 pass
-        if self.on_upload_ended is not None:
-            self.on_upload_ended(key, upload_id)
+        self.events.upload_ended(key, upload_id)
         return True
 
     @staticmethod

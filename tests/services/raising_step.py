@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mastosync.steps import copy  # noqa: E402
+from mastosync.engine.steps import copy  # noqa: E402
 
 after, mode, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 calls = 0

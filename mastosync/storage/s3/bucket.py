@@ -32,7 +32,7 @@ import html
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -41,14 +41,16 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from mastosync import __version__
 from mastosync.config import BucketSettings
 from mastosync.errors import BucketError, EndpointDown
-from mastosync.layout import full_key
+from mastosync.mastodon.layout import full_key
 from mastosync.redact import redact
 from mastosync.storage.base import (
+    UNTOLD,
     Head,
     NotFound,
     Permanent,
     StorageError,
     Transient,
+    UploadEvents,
     content_md5,
 )
 from mastosync.storage.limits import RateLimit
@@ -142,7 +144,8 @@ class Bucket:
     keeps_metadata = True
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
-                 label: str = "bucket", acl: str | None = None, tps: RateLimit | None = None) -> None:
+                 label: str = "bucket", acl: str | None = None, tps: RateLimit | None = None,
+                 events: UploadEvents = UNTOLD) -> None:
         self.settings = settings
         self.tps = tps  # --tpslimit: requests per second to this bucket
         self.acl = acl  # the ACL of public objects when this is not the destination (fix --side source)
@@ -152,10 +155,9 @@ class Bucket:
         self._pool_size = pool_size
         self.transport: Transport | None = None
         self.pacer = Pacer(pool_size, down_after=timeout)
-        # Called with (key, upload id) when a multipart upload starts and when it is
-        # completed or aborted, so the resume state knows which may be left open.
-        self.on_upload_started: Callable[[str, str], None] | None = None
-        self.on_upload_ended: Callable[[str, str], None] | None = None
+        # Told when a multipart upload starts and when it is completed or aborted, so the
+        # resume state knows which may be left open.
+        self.events = events
         self._region = settings.region or "us-east-1"
         self._origin, self._path = bucket_url(settings)
         self._host = urlsplit(self._origin).netloc
@@ -526,8 +528,7 @@ class Bucket:
 
     async def start_multipart(self, key: str, extra: dict[str, str]) -> str:
         upload_id = await self._start_multipart(key, extra)
-        if self.on_upload_started is not None:
-            self.on_upload_started(key, upload_id)
+        self.events.upload_started(key, upload_id)
         return upload_id
 
     async def _start_multipart(self, key: str, extra: dict[str, str]) -> str:
@@ -553,8 +554,7 @@ class Bucket:
         body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         await self._xml("POST", key, f"CompleteMultipartUpload {key}", {"uploadId": upload_id},
                         {"content-type": "application/xml"}, body)
-        if self.on_upload_ended is not None:
-            self.on_upload_ended(key, upload_id)
+        self.events.upload_ended(key, upload_id)
 
     async def sizes_between(self, root: str, first: str, last: str, max_pages: int,
                             page_size: int = 1000) -> dict[str, int] | None:
@@ -684,8 +684,7 @@ class Bucket:
             await self._send("DELETE", key, f"AbortMultipartUpload {key}", {"uploadId": upload_id})
         except NotFound:
             pass  # already gone
-        if self.on_upload_ended is not None:
-            self.on_upload_ended(key, upload_id)
+        self.events.upload_ended(key, upload_id)
 
     async def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Abort, retrying a little: an upload left open is billed until someone notices.

@@ -10,10 +10,10 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
-from mastosync import layout
+from mastosync.engine.outcome import Status
+from mastosync.engine.plan import Job
 from mastosync.errors import EndpointDown
-from mastosync.outcome import Status
-from mastosync.plan import Job
+from mastosync.mastodon import layout
 from mastosync.storage import Store
 from mastosync.storage.base import ABSENT, Head, Known, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy

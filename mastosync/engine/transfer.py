@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mastosync.etags import MultipartEtags, md5_of, part_size_for
-from mastosync.memory import MemoryBudget
-from mastosync.outcome import Outcome, Proof, Status
+from mastosync.engine.etags import MultipartEtags, md5_of, part_size_for
+from mastosync.engine.events import QUIET, Events
+from mastosync.engine.memory import MemoryBudget
+from mastosync.engine.outcome import Outcome, Proof, Status
 from mastosync.storage import Body, ServerSideCopy, Store
 from mastosync.storage.base import ABSENT, Head, Known, NotFound, StorageError, Transient
 from mastosync.storage.limits import RateLimit
@@ -87,7 +88,7 @@ class Copier:
     server_side: ServerSideCopy | None = None
     checksum: bool = False  # run --checksum: equal sizes are not enough, equal MD5 ETags are
     bandwidth: RateLimit | None = None  # --bwlimit: object bytes read from the source per second
-    on_retry: Any = None  # called with (source key, attempt, error) before each retry (--log-file)
+    events: Events = QUIET  # told of each retry (the --log-file's retry lines)
 
     async def copy(self, source_key: str, destination_key: str, known: Known | None = None,
                    private: bool = False, how: WriteAs | None = None) -> Outcome:
@@ -168,8 +169,7 @@ class Copier:
         counter = _RETRIES.get()
         if counter is not None:
             counter[0] += 1
-        if self.on_retry is not None:
-            self.on_retry(key, attempt, str(error))
+        self.events.retry(key, attempt, str(error))
 
     async def _copy_once(self, source_key: str, destination_key: str, known: Known, how: WriteAs,
                          mismatched: str | None) -> Outcome:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from mastosync import layout, records
 from mastosync.config import Settings
+from mastosync.mastodon import layout, records
 from mastosync.state import RunHistory, selection
 from mastosync.storage import Store
 from mastosync.storage.base import NotFound, StorageError, Transient

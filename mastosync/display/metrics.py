@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from mastosync import __version__
+from mastosync.display.progress import Display, Stats, total_of
 from mastosync.errors import UsageError
-from mastosync.progress import Display, Stats, total_of
 from mastosync.storage.retry import Pacer
 
 OUTCOMES = ("copied", "skipped", "missing", "failed")

@@ -1,21 +1,25 @@
 """What an outcome changes: the counters shown and summarised, the report, the resume state.
 
-The steps (steps/) decide what happened to an object; these books write it down, in one
-place per command, so a step never updates progress behind the pipeline's back.
+The steps (steps/) decide what happened to an object; these books write it down, one per
+command (run, verify, audit and fix), so a step never updates progress behind the
+command's back.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from mastosync.outcome import Proof, Status
-from mastosync.plan import Job
-from mastosync.progress import Display
-from mastosync.sanity import SourceWatch
+from mastosync.display.progress import Display
+from mastosync.engine.outcome import Proof, Status
+from mastosync.engine.plan import Job
+from mastosync.engine.sanity import SourceWatch
+from mastosync.engine.steps.audit import Audit, Inspection
+from mastosync.engine.steps.check import Finding
+from mastosync.engine.steps.copy import Copied
 from mastosync.state import Report, ResumeState
-from mastosync.steps.check import Finding
-from mastosync.steps.copy import Copied
 
 SAVE_EVERY = 2.0  # seconds between writes of the resume state while objects finish
 
@@ -117,3 +121,63 @@ class VerifyBook:
         else:
             self.display.message(f"{finding.status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t"
                                  f"{finding.reason}")
+
+
+@dataclass
+class Tally:
+    """audit's counters of one type."""
+
+    expected: int = 0
+    present: int = 0
+    missing: int = 0  # absent here, and at the source too (or this is the source): not an error
+    absent: int = 0  # absent from the destination, though the source has it: a gap
+    size_mismatch: int = 0
+    wrong_headers: int = 0
+    wrong_acl: int = 0
+    fixed: int = 0
+    would_fix: int = 0  # fix --dry-run
+    skipped: int = 0  # SSE-C objects: their headers cannot be rewritten
+    errors: int = 0
+    headers_checked: int = 0  # (orphans are counted by find_orphans, per page, not per record)
+
+
+class AuditBook:
+    """audit and fix: a tally per type for the summary table, the live table's counters,
+    every finding in the report (and on stdout with --json), fix's resume state."""
+
+    def __init__(self, audit: Audit, report: Report, out: TextIO | None, state: ResumeState | None) -> None:
+        self.audit, self.report, self.out, self.state = audit, report, out, state
+        self.tallies: dict[str, Tally] = collections.defaultdict(Tally)
+
+    def record(self, seen: Inspection) -> None:
+        job = seen.job
+        tally, s = self.tallies[job.obj.type], job.stats
+        tally.expected += 1
+        if seen.found == "error":
+            tally.errors += 1
+            s.failed += 1
+        elif seen.found == "missing":
+            tally.missing += 1
+            s.missing += 1
+        elif seen.found == "absent":
+            tally.absent += 1
+            s.absent += 1
+        else:
+            tally.present += 1
+            s.ok += 1  # the live table counts what was found, as verify's does
+        tally.size_mismatch += seen.size_mismatch
+        tally.headers_checked += seen.headers_checked
+        tally.wrong_headers += seen.wrong_headers
+        tally.wrong_acl += seen.wrong_acl
+        if seen.repair:
+            setattr(tally, seen.repair, getattr(tally, seen.repair) + 1)
+        for status, reason in seen.findings:
+            entry = {"type": job.obj.type, "id": job.obj.id, "style": job.obj.style,
+                     "key": self.audit.key_of(job), "status": status, "reason": reason}
+            self.report.write(entry)
+            if self.out is not None:
+                self.out.write(json.dumps(entry) + "\n")
+        s.done(0, job.obj.estimate)
+        job.progress.finish(job.obj.id, seen.found != "error")  # fix tries an error again next time
+        if self.state is not None:
+            self.state.save(every=SAVE_EVERY)

@@ -26,8 +26,8 @@ from typing import Any
 
 from mastosync import loop
 from mastosync.config import Settings
+from mastosync.display.progress import Display, Stats, summary_json
 from mastosync.errors import InternalError, Interrupted, MastosyncError, ObjectsFailed, UsageError
-from mastosync.progress import Display, Stats, summary_json
 from mastosync.request import Request, resolve_since
 from mastosync.state import Report, RunHistory, RunLock
 from mastosync.storage.limits import Timetable

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from mastosync import version
 from mastosync.config import BucketSettings, DestinationSettings, Settings
 from mastosync.errors import UsageError
+from mastosync.mastodon import version
 from mastosync.sides import S3Side
 
 R2_API_HOST = ".r2.cloudflarestorage.com"  # R2's S3 API: signed requests only, never public

@@ -203,15 +203,15 @@ class Display:
     """Live table on a terminal, plain periodic lines otherwise."""
 
     def __init__(self, stats: list[Stats], interval: float, mode: str = "copy",
-                 out: TextIO | None = None, live: bool | None = None) -> None:
+                 out: TextIO | None = None, live: bool | None = None, *,
+                 limits: Callable[[], str] | None = None, private_note: str | None = None) -> None:
         self.stats = stats
         self.interval = interval
         self.mode = mode
         # Said instead of "kept private" where the destination cannot keep anything private
         # ({private}: how many objects Mastodon keeps private).
-        self.private_note: str | None = None
-        self.limit_text: Callable[[], str] | None = None  # the limits in force, shown with the progress
-        self.on_tick: Any = None  # called every `interval` while running (the --log-file's progress lines)
+        self.private_note = private_note
+        self.limit_text = limits  # the limits in force, shown with the progress
         self.window = RateWindow()
         self.out = out or sys.stdout
         self.live = self.out.isatty() if live is None else live
@@ -234,18 +234,8 @@ class Display:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Show progress while the body runs (as a task on the running loop)."""
-        ticker = asyncio.get_running_loop().create_task(self._ticks()) if self.on_tick else None
-        try:
-            with self._showing():
-                yield
-        finally:
-            if ticker is not None:
-                ticker.cancel()
-
-    async def _ticks(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.on_tick()
+        with self._showing():
+            yield
 
     @contextlib.contextmanager
     def _showing(self) -> Iterator[None]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mastosync import layout
+from mastosync.engine.outcome import Outcome, Status
+from mastosync.engine.plan import Job
+from mastosync.engine.transfer import Copier, WriteAs
 from mastosync.errors import EndpointDown, MastosyncError
-from mastosync.outcome import Outcome, Status
-from mastosync.plan import Job
+from mastosync.mastodon import layout
 from mastosync.storage.base import StorageError
-from mastosync.transfer import Copier, WriteAs
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ import asyncpg
 
 from mastosync.config import DatabaseSettings
 from mastosync.errors import DatabaseError
-from mastosync.layout import (
+from mastosync.mastodon.layout import (
     DERIVED_ESTIMATE,
     NOTHING_HIDDEN,
     PRIVATE_IF_HIDDEN,

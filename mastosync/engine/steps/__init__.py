@@ -3,5 +3,5 @@
     copy.CopyStep     run: copy the object (or its fallback), say how it went
     check.CheckStep   verify: compare the object's presence and size on both sides
 
-What an outcome changes (counters, the report, the resume state) is observers.py's job.
+What an outcome changes (counters, the report, the resume state) is engine/books.py's job.
 """

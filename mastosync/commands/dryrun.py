@@ -8,10 +8,11 @@ import sys
 import urllib.parse
 from typing import TextIO
 
-from mastosync import layout, loop, records
+from mastosync import loop
 from mastosync.config import Settings, format_size
 from mastosync.connect import open_database
 from mastosync.errors import UsageError
+from mastosync.mastodon import layout, records
 from mastosync.request import Request, filters_for, resolve_since
 
 

@@ -9,7 +9,7 @@ database is "this release or a later patch of it".
 
 from __future__ import annotations
 
-from mastosync import records
+from mastosync.mastodon import records
 
 RELEASES: tuple[tuple[int, str], ...] = (
     (20171010025614, "2.0"), (20171212195226, "2.1"), (20180106000232, "2.2"), (20180304013859, "2.3"),
