@@ -39,10 +39,11 @@ CHECK_TESTS = tests/test_layout.py tests/test_sigv4.py tests/test_units.py tests
 check: $(STAMP) lint
 	$(BIN)/python -m pytest -n 3 $(CHECK_TESTS)
 
-# ruff (the line length included) and mypy in strict mode: part of make test.
+# ruff (the line length included) and mypy in strict mode, the tests and benchmarks too: part of make test.
 lint: $(STAMP)
 	$(BIN)/ruff check mastosync tests bench
 	$(BIN)/python -m mypy mastosync
+	$(BIN)/python -m mypy --explicit-package-bases tests bench
 
 demo: $(STAMP)
 	$(BIN)/python tests/services/demo.py

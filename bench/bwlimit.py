@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.compare import Bench, make_instance, seed_db, write_objects  # noqa: E402
 from mastosync.storage.limits import parse_rate  # noqa: E402
-from tests.conftest import to_toml  # noqa: E402
+from tests.conftest import MastodonDb, to_toml  # noqa: E402
 
 MiB = 2**20
 
@@ -38,7 +38,7 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_for(bench: Bench, db, src: str, dst: str, bwlimit: str, seconds: float) -> list[tuple[float, int]]:
+def run_for(bench: Bench, db: MastodonDb, src: str, dst: str, bwlimit: str, seconds: float) -> list[tuple[float, int]]:
     """Run mastosync under `bwlimit` for `seconds`; (time, bytes at the destination) every 0.5 s."""
     config = bench.tmp / f"bw-{dst}.toml"
     config.write_text(to_toml({

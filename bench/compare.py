@@ -31,11 +31,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import DB_PASSWORD, DB_USER, make_db, to_toml  # noqa: E402
+from tests.conftest import DB_PASSWORD, DB_USER, MastodonDb, make_db, to_toml  # noqa: E402
 from tests.services.latencyproxy import LatencyProxy  # noqa: E402
 from tests.services.postgres import PostgresServer  # noqa: E402
 from tests.services.s3 import RcloneServer, rclone_binary  # noqa: E402
@@ -76,7 +77,8 @@ def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) 
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def make_instance(count_objects: int, seed: int = 1, small_only: bool = False) -> tuple[list[dict], dict[str, int]]:
+def make_instance(count_objects: int, seed: int = 1,
+                  small_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows and {key: size}: every row has an original and a small style (2 objects)."""
     rng = random.Random(seed)
     rows, objects = [], {}
@@ -116,7 +118,7 @@ def write_tree(base: Path, objects: dict[str, int]) -> None:
                 left -= len(chunk)
 
 
-async def seed_db(pg: PostgresServer, rows: list[dict]):
+async def seed_db(pg: PostgresServer, rows: list[dict[str, Any]]) -> MastodonDb:
     db = await make_db(pg, "4.6")
     conn = await db.connect()
     try:
@@ -168,7 +170,7 @@ class Bench:
         self.dst.create_bucket(name)
         return name
 
-    def mastosync(self, db, src_bucket: str, dst_bucket: str, concurrency: int, *extra: str,
+    def mastosync(self, db: MastodonDb, src_bucket: str, dst_bucket: str, concurrency: int, *extra: str,
                   src_endpoint: str | None = None, dst_endpoint: str | None = None,
                   root: Path = ROOT) -> tuple[float, float, float]:
         config = self.tmp / f"m-{dst_bucket}.toml"

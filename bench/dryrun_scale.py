@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import DB_PASSWORD, DB_USER, make_db, to_toml  # noqa: E402
+from tests.conftest import DB_PASSWORD, DB_USER, MastodonDb, make_db, to_toml  # noqa: E402
 from tests.services.postgres import PostgresServer  # noqa: E402
 
 FILL = """
@@ -37,7 +37,7 @@ FROM generate_series(1, $1) AS g
 """
 
 
-async def fill(pg: PostgresServer, rows: int):
+async def fill(pg: PostgresServer, rows: int) -> MastodonDb:
     db = await make_db(pg, "4.6")
     conn = await db.connect()
     try:

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare import Bench, make_instance, seed_db, write_objects  # noqa: E402
-from tests.conftest import to_toml  # noqa: E402
+from tests.conftest import MastodonDb, to_toml  # noqa: E402
 from tests.services.faultproxy import FaultProxy  # noqa: E402
 
 ERRORS = {"internal": 0.03, "reset": 0.02, "truncate": 0.01}
@@ -136,10 +136,15 @@ def storm(bench: FaultBench, db, root: Path, count: int) -> None:  # type: ignor
           + (f"; seconds 23-28: {rate(23, 28):.0f}, 28-33: {rate(28, 33):.0f}" if wall > 28 else ""), flush=True)
 
 
-def outage(bench: FaultBench, db, root: Path) -> None:  # type: ignore[no-untyped-def]
+def outage(bench: FaultBench, db: MastodonDb, root: Path) -> None:
     bench.faults()
     down_at: list[float] = []
-    timer = later(3, lambda: (bench.dst_proxy.set_faults(reset=1.0), down_at.append(time.monotonic())))
+
+    def go_down() -> None:
+        bench.dst_proxy.set_faults(reset=1.0)
+        down_at.append(time.monotonic())
+
+    timer = later(3, go_down)
     wall, code = bench.run(db, "big", root, timeout=60)
     timer.cancel()
     ended = (time.monotonic() - down_at[0]) if down_at else float("nan")

@@ -23,16 +23,18 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import ROOT, Bench, Measure, make_instance, seed_db, timed, write_tree  # noqa: E402
 
-from tests.conftest import to_toml  # noqa: E402
+from tests.conftest import MastodonDb, to_toml  # noqa: E402
 from tests.services.s3 import rclone_binary  # noqa: E402
 from tests.services.ssh import OpenSshServer  # noqa: E402
 
 
-def mastosync(bench: Bench, db, source: dict, ssh: dict | None, bucket: str, concurrency: int) -> tuple:  # type: ignore[no-untyped-def]
+def mastosync(bench: Bench, db: MastodonDb, source: dict[str, Any], ssh: dict[str, Any] | None, bucket: str,
+              concurrency: int) -> tuple[float, float, float]:
     config = bench.tmp / f"m-{bucket}.toml"
     sections = {
         "database": {"host": bench.pg.host, "port": bench.pg.port, "name": db.name, "user": db.user,
@@ -45,16 +47,20 @@ def mastosync(bench: Bench, db, source: dict, ssh: dict | None, bucket: str, con
     if ssh:
         sections["ssh"] = ssh
     config.write_text(to_toml(sections))
-    return timed([sys.executable, "-m", "mastosync", "run", "--all", "--config", str(config)])
+    measured: tuple[float, float, float] = timed([sys.executable, "-m", "mastosync", "run", "--all", "--config",
+                                                  str(config)])
+    return measured
 
 
 def rclone(bench: Bench, source: str, env_source: dict[str, str], keys: Path, bucket: str,
-           concurrency: int) -> tuple:  # type: ignore[type-arg]
+           concurrency: int) -> tuple[float, float, float]:
     env = bench.rclone_env(bench.src.endpoint, bench.dst.endpoint)
     env.update(env_source)
-    return timed([rclone_binary(), "copy", source, f"dst:{bucket}", "--files-from-raw", str(keys), "--no-traverse",
-                  "--transfers", str(concurrency), "--checkers", str(concurrency), "--s3-no-check-bucket",
-                  "--s3-upload-cutoff", "16M", "--s3-chunk-size", "8M"], env=env)
+    argv = [rclone_binary(), "copy", source, f"dst:{bucket}", "--files-from-raw", str(keys), "--no-traverse",
+            "--transfers", str(concurrency), "--checkers", str(concurrency), "--s3-no-check-bucket",
+            "--s3-upload-cutoff", "16M", "--s3-chunk-size", "8M"]
+    measured: tuple[float, float, float] = timed(argv, env=env)
+    return measured
 
 
 def main() -> None:

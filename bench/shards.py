@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare import Bench, make_instance, process_cpu, seed_db, write_objects  # noqa: E402
-from tests.conftest import to_toml  # noqa: E402
+from tests.conftest import MastodonDb, to_toml  # noqa: E402
 
 
-def config_for(bench: Bench, db, dst: str, concurrency: int, name: str) -> Path:  # type: ignore[no-untyped-def]
+def config_for(bench: Bench, db: MastodonDb, dst: str, concurrency: int, name: str) -> Path:
     path = bench.tmp / f"{name}.toml"
     path.write_text(to_toml({
         "database": {"host": bench.pg.host, "port": bench.pg.port, "name": db.name, "user": db.user,
@@ -52,7 +52,8 @@ def run_processes(bench: Bench, configs: list[tuple[Path, list[str]]]) -> tuple[
     for proc in procs:
         _, status, usage = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"mastosync exited {os.waitstatus_to_exitcode(status)}: {proc.stderr.read().decode()}")
+            told = proc.stderr.read().decode() if proc.stderr else ""
+            raise SystemExit(f"mastosync exited {os.waitstatus_to_exitcode(status)}: {told}")
         client_cpu += usage.ru_utime + usage.ru_stime
     wall = time.monotonic() - started
     return wall, client_cpu, sum(process_cpu(pid) for pid in servers) - servers_before
@@ -76,6 +77,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for label in (["1 process", "2 shards"] if round_ % 2 == 0 else ["2 shards", "1 process"]):
                 dst = bench.fresh_bucket()
+                configs: list[tuple[Path, list[str]]]
                 if label == "1 process":
                     configs = [(config_for(bench, db, dst, c, f"one-{dst}"), [])]
                 else:

@@ -97,7 +97,7 @@ class LocalFolder:
     def describe(self) -> str:
         return f"folder {self.root}"
 
-    def public_base(self) -> None:
+    def public_base(self) -> str | None:
         return None  # Mastodon serves it itself, under /system/
 
 
@@ -115,7 +115,7 @@ class SftpFolder:
     def describe(self) -> str:
         return f"folder {self.root} on {self.login}"
 
-    def public_base(self) -> None:
+    def public_base(self) -> str | None:
         return None
 
 

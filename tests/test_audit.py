@@ -6,6 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.services import instance
@@ -17,7 +18,8 @@ MASTODON_CC = "public, max-age=315576000, immutable"
 ROOT_OWNER = {"owner": "root"} if os.geteuid() == 0 else {}
 
 
-async def badly_migrated(tmp_path: Path, db: MastodonDb, s3: S3Server) -> tuple[instance.Instance, str, str, dict]:
+async def badly_migrated(tmp_path: Path, db: MastodonDb,
+                         s3: S3Server) -> tuple[instance.Instance, str, str, dict[str, Any]]:
     """What `rclone copy` of the whole bucket leaves: orphans copied (and more under cache/ and
     another folder), headers lost on some objects, ACLs lost on others, a few files missing,
     one of another size."""

@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.services.faultproxy import FaultProxy
@@ -15,7 +16,7 @@ from tests.services.s3 import S3Server
 from tests.test_cutover_flow import seed_media
 
 
-def rows(stdout: str) -> dict[str, dict]:
+def rows(stdout: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in json.loads(stdout)["checks"]}
 
 
@@ -41,7 +42,7 @@ async def test_check_finds_each_broken_setting(tmp_path: Path, postgres: Postgre
     await seed_media(mastodon_db, moto, src, range(1, 4))
     proxy = FaultProxy(moto.port).start()
     try:
-        def broken(**extra: dict) -> dict[str, dict]:
+        def broken(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
             config = write_config(tmp_path / f"{uuid.uuid4().hex}.toml", db=mastodon_db, source=(moto, src),
                                   destination=(moto, dst), destination_endpoint=proxy.endpoint, extra=extra)
             result = run_cli("check", "--json", config=config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,8 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
     for section, cls in config.SECTIONS.items():
         assert f"[{section}]" in text
         own = text.split(f"\n[{section}]", 1)[1].split("\n[", 1)[0]  # this section only, not the ones after
-        for field in cls.__dataclass_fields__:
-            assert f"\n{field} =" in own, f"{section}.{field} undocumented"
+        for field in dataclasses.fields(cls):
+            assert f"\n{field.name} =" in own, f"{section}.{field.name} undocumented"
 
 
 def test_environment_overrides_every_type(tmp_path: Path) -> None:

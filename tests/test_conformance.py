@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from mastosync.engine.memory import MemoryBudget
 from mastosync.engine.outcome import Proof, Status
 from mastosync.engine.transfer import Copier
 from mastosync.errors import BucketError
+from mastosync.storage import Body
 from mastosync.storage.base import Head
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import Bucket, _retry_after, upload_extra
@@ -53,7 +55,8 @@ def proxy_for(s3: S3Server) -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-def side(s3: S3Server, bucket: str, endpoint: str | None = None, cls: type = BucketSettings, **extra) -> BucketSettings:
+def side(s3: S3Server, bucket: str, endpoint: str | None = None, cls: type[BucketSettings] = BucketSettings,
+         **extra: Any) -> BucketSettings:
     return cls(bucket=bucket, endpoint=endpoint or s3.endpoint, region="us-east-1", access_key_id=s3.access_key,
                secret_access_key=s3.secret_key, **extra)
 
@@ -80,7 +83,8 @@ def multipart_upload(s3: S3Server, bucket: str, key: str, data: bytes, part: int
                              Body=data[first:first + part])["ETag"]
         parts.append({"PartNumber": n, "ETag": etag})
     c.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
-    return c.head_object(Bucket=bucket, Key=key)["ETag"]
+    whole: str = c.head_object(Bucket=bucket, Key=key)["ETag"]
+    return whole
 
 
 # -- 1. only the source's "no such key" means missing --------------------------------------
@@ -161,14 +165,14 @@ async def test_damaged_bytes_are_never_stored(moto: S3Server) -> None:
             flips = 0
             original_get = c.source.get
 
-            async def damaged_get(key: str):  # a different wrong byte each read
+            async def damaged_get(key: str) -> tuple[Head, Body]:  # a different wrong byte each read
                 nonlocal flips
                 head, body = await original_get(key)
                 read = body.read
 
                 async def read_damaged(size: int, last: bool) -> bytearray:
                     nonlocal flips
-                    data = await read(size, last)
+                    data = bytearray(await read(size, last))
                     flips += 1
                     data[flips] ^= 0xFF
                     return data

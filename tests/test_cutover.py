@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +52,7 @@ PROVIDERS = {
 }
 
 
-def settings_for(tmp_path: Path, destination: dict, source: dict | None = None) -> config.Settings:
+def settings_for(tmp_path: Path, destination: dict[str, Any], source: dict[str, Any] | None = None) -> config.Settings:
     path = tmp_path / "config.toml"
     path.write_text(to_toml({"source": source or OLD, "destination": destination}))
     return config.load(path, environ={})

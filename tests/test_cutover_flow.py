@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +23,9 @@ def media_key(i: int, style: str = "original", name: str | None = None) -> str:
     return f"media_attachments/files/000/{i // 1000:03d}/{i % 1000:03d}/{style}/{name or f'p{i}.jpg'}"
 
 
-async def seed_media(db: MastodonDb, s3: S3Server, bucket: str, ids: range, account_of=lambda i: 1,
-                     prefix: str = "", size=lambda i: 2000 + 37 * i) -> dict[str, bytes]:
+async def seed_media(db: MastodonDb, s3: S3Server, bucket: str, ids: range,
+                     account_of: Callable[[int], int] = lambda i: 1, prefix: str = "",
+                     size: Callable[[int], int] = lambda i: 2000 + 37 * i) -> dict[str, bytes]:
     """JPEG media (original + small) for `ids`, belonging to accounts by `account_of`."""
     objects: dict[str, bytes] = {}
     rows = []
@@ -66,7 +69,7 @@ async def test_a_failed_record_deleted_later_is_done(tmp_path: Path, mastodon_db
         proxy.stop()
 
 
-async def db_execute(db: MastodonDb, sql: str, *args) -> None:
+async def db_execute(db: MastodonDb, sql: str, *args: Any) -> None:
     conn = await db.connect()
     try:
         await conn.execute(sql, *args)
@@ -223,7 +226,9 @@ async def test_same_size_other_bytes_and_newer_at_the_destination(tmp_path: Path
     assert repaired.returncode == 0, repaired.stderr
     assert moto.get(dst, changed)[0] == other
     assert moto.get(dst, rewritten)[0] == b"processed by Mastodon"
-    report = [json.loads(x) for x in Path(re.search(r"report: (\S+)", repaired.stdout)[1]).read_text().splitlines()]
+    found = re.search(r"report: (\S+)", repaired.stdout)
+    assert found, repaired.stdout
+    report = [json.loads(x) for x in Path(found[1]).read_text().splitlines()]
     assert [(r["status"], r["destination_key"]) for r in report] == [("kept", rewritten)]
 
 

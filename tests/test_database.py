@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import DB_PASSWORD, DB_USER, MastodonDb, make_db, run_cli, write_config
 from tests.services.postgres import PostgresServer
+from tests.services.ssh import AsyncsshServer
 from tests.services.tls import ca_and_server
 from tests.test_tunnel import tunnel_config
 
@@ -102,7 +103,7 @@ async def test_a_missing_sslrootcert_is_a_configuration_error(tmp_path: Path, ma
 
 
 async def test_unix_socket_here_and_through_ssh(tmp_path: Path, postgres: PostgresServer,
-                                                ssh_server) -> None:  # type: ignore[no-untyped-def]
+                                                ssh_server: AsyncsshServer) -> None:
     """DB_HOST=/var/run/postgresql, the standard install: the socket's folder as database.host,
     locally, and on the SSH host (forwarded to the socket's path)."""
     db = await make_db(postgres, "4.6")

@@ -78,7 +78,7 @@ def test_grafana_dashboard_asks_for_metrics_mastosync_serves() -> None:
     import re
 
     dashboard = json.loads((DEPLOY / "grafana" / "mastosync.json").read_text())
-    source = (ROOT / "mastosync" / "metrics.py").read_text()
+    source = (ROOT / "mastosync" / "display" / "metrics.py").read_text()
     served = set(re.findall(r'"(mastosync_[a-z_]+)"', source))
     served |= {f"{name}_total" for name in served} | {f"{name}_info" for name in served} | {
         "process_resident_memory_bytes"}

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def assert_folder_holds(root: Path, inst: instance.Instance) -> None:
 
 
 @pytest.fixture
-def proxy(s3: S3Server):
+def proxy(s3: S3Server) -> Iterator[FaultProxy]:
     p = FaultProxy(s3.port).start()
     yield p
     p.stop()

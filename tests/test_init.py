@@ -126,7 +126,8 @@ def test_init_for_an_instance_on_local_storage(tmp_path: Path, extra: str, root:
     # Nothing at all: Mastodon's own defaults, written out (never mastosync's).
     ("LOCAL_DOMAIN=example.social\n", ("localhost", 5432, "mastodon_production", "mastodon"), "prefer"),
 ])
-def test_init_reads_the_database_as_mastodon_does(tmp_path: Path, env: str, database: tuple, sslmode: str) -> None:
+def test_init_reads_the_database_as_mastodon_does(tmp_path: Path, env: str, database: tuple[str, int, str, str],
+                                                  sslmode: str) -> None:
     path = tmp_path / ".env.production"
     path.write_text(env + "S3_ENABLED=true\nS3_BUCKET=b\nS3_STORAGE_CLASS=STANDARD_IA\nS3_PROTOCOL=https\n"
                           "S3_HOSTNAME=s3.example.com\nS3_MULTIPART_THRESHOLD=52428800\nS3_OPEN_TIMEOUT=10\n")

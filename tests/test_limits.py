@@ -56,7 +56,7 @@ def test_the_virtual_clock_keeps_the_long_run_rate() -> None:
                 taken += 100 * 1024
                 assert taken <= MiB * now[0] + 100 * 1024  # one burst at most ahead
         finally:
-            asyncio.sleep = original  # type: ignore[assignment]
+            asyncio.sleep = original
         assert abs(taken / now[0] - MiB) / MiB < 0.01
 
     asyncio.run(main())

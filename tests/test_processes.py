@@ -38,7 +38,9 @@ async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: M
     assert "2 processes, shards 1/2 to 2/2" in out and "progress:" in out
     assert out.count("mastosync run, 2 processes") == 1  # one summary table
     assert summary_row(out)["copied"] == str(len(objects)) and summary_row(out)["missing"] == "2"
-    report = Path(re.search(r"report: (\S+\.jsonl) \(2 failed or missing", out)[1])
+    found = re.search(r"report: (\S+\.jsonl) \(2 failed or missing", out)
+    assert found, out
+    report = Path(found[1])
     entries = [json.loads(line) for line in report.read_text().splitlines()]
     assert {e["status"] for e in entries} == {"missing"} and {e["shard"] for e in entries} == {"2/2"}  # id 99 is odd
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from mastosync.config import DatabaseSettings
 from mastosync.mastodon import layout, records
 from tests.conftest import MastodonDb, make_db, run_cli, write_config
 from tests.services import instance
+from tests.services.postgres import PostgresServer
 
 
 def settings_for(db: MastodonDb) -> DatabaseSettings:
@@ -19,8 +21,8 @@ def settings_for(db: MastodonDb) -> DatabaseSettings:
                             password=db.password)
 
 
-async def read_objects(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES,
-                       **kw) -> list[layout.MediaObject]:
+async def read_objects(db: MastodonDb, filters: records.Filters, types: tuple[str, ...] = layout.TYPE_NAMES,
+                       **kw: Any) -> list[layout.MediaObject]:
     database = records.Database(settings_for(db))
     found: list[layout.MediaObject] = []
     try:
@@ -37,12 +39,13 @@ async def read_objects(db: MastodonDb, filters: records.Filters, types=layout.TY
     return found
 
 
-async def read_keys(db: MastodonDb, filters: records.Filters, types=layout.TYPE_NAMES, **kw) -> set[str]:
+async def read_keys(db: MastodonDb, filters: records.Filters, types: tuple[str, ...] = layout.TYPE_NAMES,
+                    **kw: Any) -> set[str]:
     return {o.key for o in await read_objects(db, filters, types, **kw)}
 
 
 @pytest.mark.parametrize("shape", ["4.6", "4.2"])
-async def test_exact_keys_for_hand_built_rows(postgres, shape: str) -> None:
+async def test_exact_keys_for_hand_built_rows(postgres: PostgresServer, shape: str) -> None:
     db = await make_db(postgres, shape)
     inst = instance.build(shape)
     for table, rows in inst.rows.items():
@@ -51,7 +54,7 @@ async def test_exact_keys_for_hand_built_rows(postgres, shape: str) -> None:
 
 
 @pytest.mark.parametrize("shape", ["4.6", "4.2"])
-async def test_every_table_with_files_is_read(postgres, shape: str) -> None:
+async def test_every_table_with_files_is_read(postgres: PostgresServer, shape: str) -> None:
     """Seven tables on 4.4+; imports too on older databases, and no error where it was dropped."""
     db = await make_db(postgres, shape)
     inst = instance.build(shape)
@@ -93,7 +96,7 @@ async def test_window_reopen_hands_out_every_row_once(mastodon_db: MastodonDb) -
     await database.close()
 
 
-async def test_stream_survives_postgres_restart(postgres) -> None:
+async def test_stream_survives_postgres_restart(postgres: PostgresServer) -> None:
     db = await make_db(postgres, "4.6")
     rows = [{"id": i, "file_file_name": f"{i}.mp3", "file_content_type": "audio/mpeg"} for i in range(1, 3001)]
     await db.insert("media_attachments", rows)
@@ -129,7 +132,7 @@ async def test_since_and_include_remote(mastodon_db: MastodonDb) -> None:
     assert not any(k.startswith("cache/") for k in local)
 
 
-async def test_missing_table_is_a_clear_error(postgres) -> None:
+async def test_missing_table_is_a_clear_error(postgres: PostgresServer) -> None:
     from mastosync.errors import DatabaseError
 
     db = await make_db(postgres, "4.6")
@@ -145,7 +148,7 @@ async def test_missing_table_is_a_clear_error(postgres) -> None:
 # -- dry-run through the CLI ------------------------------------------------------------
 
 
-def dry_config(tmp_path: Path, db: MastodonDb, **extra) -> Path:
+def dry_config(tmp_path: Path, db: MastodonDb, **extra: Any) -> Path:
     # No credentials anywhere: dry-run must not need them.
     return write_config(tmp_path / "config.toml", db=db, extra={
         "source": {"bucket": "old", "key_prefix": "src-prefix"},
@@ -216,7 +219,7 @@ async def test_dry_run_unreachable_database_is_one_line(tmp_path: Path, mastodon
 
 
 @pytest.mark.parametrize("shape", ["4.6", "4.2"])
-async def test_totals_count_every_object_before_the_copy(postgres, shape: str) -> None:
+async def test_totals_count_every_object_before_the_copy(postgres: PostgresServer, shape: str) -> None:
     """Objects per type from SQL alone equal the objects the layout expands the rows into."""
     db = await make_db(postgres, shape)
     inst = instance.build(shape)

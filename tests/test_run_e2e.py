@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,26 +15,28 @@ from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.reliability.helpers import summary_row
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
+from tests.services.postgres import PostgresServer
 from tests.services.s3 import S3Server
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but tab and newline
 
 
 @pytest.fixture
-def proxy(s3: S3Server):
+def proxy(s3: S3Server) -> Iterator[FaultProxy]:
     p = FaultProxy(s3.port).start()
     yield p
     p.stop()
 
 
-def read_report(stdout: str) -> list[dict]:
+def read_report(stdout: str) -> list[dict[str, Any]]:
     match = re.search(r"report: (\S+\.jsonl)", stdout)
     assert match, stdout
     return [json.loads(line) for line in Path(match.group(1)).read_text().splitlines()]
 
 
 async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy, video: int = 40 * 2**20,
-                extra: dict | None = None, source_prefix: str = "") -> tuple[instance.Instance, str, str, Path]:
+                extra: dict[str, Any] | None = None,
+                source_prefix: str = "") -> tuple[instance.Instance, str, str, Path]:
     inst = instance.build(db.shape, video_size=video)
     src, dst = new_bucket(s3, "src"), new_bucket(s3, "dst")
     await instance.seed(inst, db, s3, src, prefix=source_prefix)
@@ -91,7 +95,7 @@ async def test_run_copies_exactly_what_the_database_references(
     assert f"S3_BUCKET={dst}" in verified.stdout and "location /system/ {" in verified.stdout
 
 
-async def test_older_database_with_imports(tmp_path: Path, postgres, moto: S3Server) -> None:
+async def test_older_database_with_imports(tmp_path: Path, postgres: PostgresServer, moto: S3Server) -> None:
     """A Mastodon 4.2 database: the imports table is there, its files are copied, private."""
     from tests.conftest import make_db
 
@@ -150,7 +154,7 @@ async def test_verify_finds_deleted_and_truncated_objects(
     result = run_cli("verify", "--all", "--json", config=config)
     assert result.returncode == 1
     findings = [json.loads(line) for line in result.stdout.splitlines()]
-    by_status = {}
+    by_status: dict[str, set[str]] = {}
     for f in findings:
         by_status.setdefault(f["status"], set()).add(f["destination_key"])
     assert by_status["absent"] == {deleted}

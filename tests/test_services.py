@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import MastodonDb, make_db, new_bucket
 from tests.services.faultproxy import FaultProxy
 from tests.services.latencyproxy import LatencyProxy
+from tests.services.postgres import PostgresServer
 from tests.services.s3 import S3Server
+from tests.services.ssh import AsyncsshServer
 
 
 async def test_postgres_runs_queries(mastodon_db: MastodonDb) -> None:
@@ -26,7 +28,7 @@ async def test_postgres_runs_queries(mastodon_db: MastodonDb) -> None:
 
 
 @pytest.mark.parametrize("shape,has_column", [("4.6", True), ("4.2", False)])
-async def test_schema_shapes(postgres, shape: str, has_column: bool) -> None:
+async def test_schema_shapes(postgres: PostgresServer, shape: str, has_column: bool) -> None:
     db = await make_db(postgres, shape)
     conn = await db.connect()
     try:
@@ -117,7 +119,7 @@ def test_latency_proxy_delays_each_request_and_counts(moto: S3Server) -> None:
     assert [op for _, op in proxy.counts.timeline] == ["PutObject"] * 2 + ["GetObject"] * 3 + ["HeadObject"]
 
 
-async def test_ssh_server_forwards_to_postgres(ssh_server, mastodon_db: MastodonDb) -> None:
+async def test_ssh_server_forwards_to_postgres(ssh_server: AsyncsshServer, mastodon_db: MastodonDb) -> None:
     async with asyncssh.connect(
         ssh_server.host, ssh_server.port, username=ssh_server.user,
         client_keys=[str(ssh_server.client_key)], known_hosts=str(ssh_server.known_hosts()),

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def s3(request: pytest.FixtureRequest, s3_servers: dict[str, S3Server]) -> S3Ser
 
 
 
-def bucket_settings(server: S3Server, bucket: str, endpoint: str | None = None, **extra) -> dict:
+def bucket_settings(server: S3Server, bucket: str, endpoint: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"bucket": bucket, "endpoint": endpoint or server.endpoint, "region": "us-east-1",
             "access_key_id": server.access_key, "secret_access_key": server.secret_key, **extra}
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -230,13 +231,14 @@ def no_aws_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_rclone(tmp_path_factory: pytest.TempPathFactory) -> RcloneServer:
+def tls_rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneServer]:
     server = RcloneServer(tls=self_signed(tmp_path_factory.mktemp("tls"))).start()
     yield server
     server.stop()
 
 
-def bucket(server: RcloneServer, name: str, cls: type = BucketSettings, **extra: str) -> BucketSettings:
+def bucket(server: RcloneServer, name: str, cls: type[BucketSettings] = BucketSettings,
+           **extra: str) -> BucketSettings:
     """Settings for `name` on `server` (extra keys: acl, ca_bundle …)."""
     return cls(bucket=name, endpoint=server.endpoint, region="us-east-1", access_key_id=server.access_key,
                secret_access_key=server.secret_key, **extra)
@@ -266,7 +268,7 @@ async def copy_between(server: RcloneServer) -> AsyncIterator[Callable[[], Await
 
 
 async def test_https_with_a_trusted_certificate(tls_rclone: RcloneServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate(tls_rclone)))
     async with copy_between(tls_rclone) as copy:
         assert await copy() == {"small.png": Status.COPIED, "video.mp4": Status.COPIED}
 
@@ -332,7 +334,7 @@ async def test_proxy_from_the_environment(scheme: str, tls_rclone: RcloneServer,
     """HTTPS endpoints through CONNECT; plain HTTP ones with absolute-form requests, which
     proxies such as Squid accept (many refuse CONNECT to ports other than 443)."""
     server = tls_rclone if scheme == "https" else rclone
-    monkeypatch.setenv("SSL_CERT_FILE", str(tls_rclone.tls[0]))
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate(tls_rclone)))
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
     variable = f"{scheme.upper()}_PROXY"
@@ -363,8 +365,14 @@ async def test_ca_bundle_per_side_and_from_aws_ca_bundle(tls_rclone: RcloneServe
     async with Bucket(bucket(tls_rclone, name), 4, label="source") as b:
         with pytest.raises(BucketError, match="TLS certificate is not trusted"):
             await b.check()
-    async with Bucket(bucket(tls_rclone, name, ca_bundle=str(tls_rclone.tls[0])), 4, label="source") as b:
+    async with Bucket(bucket(tls_rclone, name, ca_bundle=str(certificate(tls_rclone))), 4, label="source") as b:
         await b.check()
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(tls_rclone.tls[0]))
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(certificate(tls_rclone)))
     async with Bucket(bucket(tls_rclone, name), 4, label="source") as b:
         await b.check()
+
+
+def certificate(server: RcloneServer) -> Path:
+    """The certificate a TLS server presents."""
+    assert server.tls is not None
+    return server.tls[0]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,10 +17,11 @@ from tests.services import instance
 from tests.services.faultproxy import FaultProxy
 from tests.services.process import free_port
 from tests.services.s3 import S3Server
-from tests.services.ssh import FORBIDDEN_PORT, AsyncsshServer, OpenSshServer, sshd_binary
+from tests.services.ssh import FORBIDDEN_PORT, AsyncsshServer, OpenSshServer, SshServerBase, sshd_binary
 
 
-def tunnel_config(tmp_path: Path, db: MastodonDb, ssh, buckets: dict | None = None, **ssh_extra) -> Path:
+def tunnel_config(tmp_path: Path, db: MastodonDb, ssh: SshServerBase, buckets: dict[str, Any] | None = None,
+                  **ssh_extra: Any) -> Path:
     settings = {"enabled": True, "host": ssh.host, "port": ssh.port, "user": ssh.user,
                 "key_file": str(ssh.client_key), "known_hosts": str(ssh.known_hosts()), **ssh_extra}
     # database.host/port are as seen from the SSH server.

@@ -103,7 +103,6 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_run_holds_at_most_its_memory_budget_of_object_bytes() -> None:
     """`run`'s budget is one object at the threshold plus one part, whatever the concurrency."""
     from mastosync.commands.run import memory_budget
-
     from mastosync.config import MiB, SyncSettings
 
     budget = memory_budget(SyncSettings(multipart_threshold=16 * MiB, part_size=8 * MiB))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ SECRETS = [DB_PASSWORD, SECRET_KEY]
 FAST_SYNC = {"multipart_threshold": "5MiB", "part_size": "5MiB", "concurrency": 8, "progress_interval": 1}
 
 
-async def seeded(db: MastodonDb, s3: S3Server, media: int = 60, video: int = 12 * MiB):
+async def seeded(db: MastodonDb, s3: S3Server, media: int = 60, video: int = 12 * MiB) -> tuple[instance.Instance, str]:
     inst = instance.build(db.shape, video_size=video)
     instance.add_bulk(inst, media=media, accounts=10)
     src = new_bucket(s3, "src")
@@ -310,7 +311,7 @@ async def test_one_run_per_state_directory(tmp_path: Path, mastodon_db: Mastodon
 def test_source_and_destination_the_same_place(tmp_path: Path, moto: S3Server, destination: dict[str, str],
                                                refused: bool) -> None:
     bucket = new_bucket(moto, "same")
-    extra = {"destination": {k: v.format(port=moto.port) for k, v in destination.items()},
+    extra: dict[str, dict[str, Any]] = {"destination": {k: v.format(port=moto.port) for k, v in destination.items()},
              "database": {"port": 1}}
     config = write_config(tmp_path / "c.toml", source=(moto, bucket), destination=(moto, bucket), extra=extra)
     result = run_cli("run", config=config, timeout=60)

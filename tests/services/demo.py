@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -54,7 +55,7 @@ async def seed(pg: PostgresServer, source: RcloneServer | Path) -> tuple[Mastodo
 
 
 def main(disk: bool) -> int:
-    servers: list = []
+    servers: list[Any] = []
     try:
         shutil.rmtree(DEMO_DIR, ignore_errors=True)
         DEMO_DIR.mkdir()

@@ -22,6 +22,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -129,7 +130,7 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def set_faults(self, **shares: float | tuple[str, ...]) -> None:
+    def set_faults(self, **shares: float | tuple[str, ...] | tuple[int, str]) -> None:
         with self._lock:
             self.faults = Faults(**shares)  # type: ignore[arg-type]
 
@@ -305,7 +306,7 @@ class FaultProxy:
         return None
 
     async def _relay_response(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              method: str, cut: bool, record,  # type: ignore[no-untyped-def]
+                              method: str, cut: bool, record: Callable[[int], None],
                               rewrite: dict[str, str] | None = None) -> tuple[int, bool]:
         """Copy one response; with `cut`, send half the body and report the connection dead."""
         while True:

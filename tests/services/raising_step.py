@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from mastosync.engine.plan import Job  # noqa: E402
 from mastosync.engine.steps import copy  # noqa: E402
 
 after, mode, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
@@ -19,7 +20,7 @@ calls = 0
 real = copy.CopyStep.__call__
 
 
-async def planted(self: copy.CopyStep, job: copy.Job) -> copy.Copied:
+async def planted(self: copy.CopyStep, job: Job) -> copy.Copied:
     global calls
     calls += 1
     if calls == after or (mode == "always" and calls > after):

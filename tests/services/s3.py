@@ -90,7 +90,8 @@ class S3Server:
         return found
 
     def open_uploads(self, bucket: str) -> list[dict[str, Any]]:
-        return self.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        uploads: list[dict[str, Any]] = self.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return uploads
 
     def public_read(self, bucket: str, key: str) -> bool:
         grants = self.client.get_object_acl(Bucket=bucket, Key=key)["Grants"]

@@ -9,6 +9,10 @@ Column lists as in Mastodon's db/schema.rb.
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
+
 SHAPES = ("4.6", "4.2")
 # The newest migration of each shape's release, as Rails records them in schema_migrations.
 LAST_MIGRATION = {"4.6": "20260611150940", "4.2": "20230803112520"}
@@ -147,7 +151,7 @@ INSERT INTO schema_migrations (version) VALUES ('20170101000000'), ('{LAST_MIGRA
 """
 
 
-async def insert_rows(conn, table: str, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+async def insert_rows(conn: asyncpg.Connection, table: str, rows: list[dict[str, Any]]) -> None:
     """Insert dict rows (each with its own set of columns) into `table`."""
     for row in rows:
         cols = list(row)
