@@ -355,7 +355,12 @@ class Report:
 
     def __init__(self, state_dir: str, command: str, events: EventLog | None = None) -> None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.path = Path(state_dir).resolve() / f"report-{command}-{stamp}-{os.getpid()}.jsonl"
+        name = f"report-{command}-{stamp}-{os.getpid()}"
+        self.path = Path(state_dir).resolve() / f"{name}.jsonl"
+        n = 1
+        while self.path.exists():  # another command of this process, in the same second
+            n += 1
+            self.path = self.path.with_name(f"{name}-{n}.jsonl")
         self._file: IO[str] | None = None
         self.lines = 0
         self.events = events  # each entry is also an event of the --log-file

@@ -28,6 +28,7 @@ from mastosync import loop
 from mastosync.config import Settings
 from mastosync.display.progress import Display, Stats, summary_json
 from mastosync.errors import InternalError, Interrupted, MastosyncError, ObjectsFailed, UsageError
+from mastosync.loop import stopping_signals
 from mastosync.request import Request, resolve_since
 from mastosync.state import Report, RunHistory, RunLock
 from mastosync.storage.limits import Timetable
@@ -135,7 +136,6 @@ async def _run_many(settings: Settings, request: Request, n: int) -> None:
             log.unlink(missing_ok=True)
             workers.append(Worker(k, log, errors))
         signals: list[int] = []
-        loop = asyncio.get_running_loop()
 
         def forward(signum: int) -> None:
             signals.append(signum)
@@ -146,33 +146,30 @@ async def _run_many(settings: Settings, request: Request, n: int) -> None:
                 if w.process is not None and w.process.returncode is None:
                     w.process.send_signal(signum)
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, forward, signum)
-        try:
-            # The workers tick every second: the merged progress follows their events.
-            env = {**os.environ, "MASTOSYNC_SYNC_PROGRESS_INTERVAL": "1"}
-            for w in workers:
-                with w.errors.open("wb") as error_file:
-                    w.process = await asyncio.create_subprocess_exec(
-                        *worker_argv(settings, request, n, w.shard, w.log), stdin=asyncio.subprocess.DEVNULL,
-                        stdout=asyncio.subprocess.DEVNULL, stderr=error_file, start_new_session=True, env=env)
-            display.message(f"mastosync: {n} processes, shards 1/{n} to {n}/{n} (their logs in {folder})")
-            with display.running():
-                waiting = asyncio.gather(*(w.process.wait() for w in workers if w.process is not None))
-                while not waiting.done():
-                    merge(workers, stats)
-                    await asyncio.wait({waiting}, timeout=0.5)
+        with stopping_signals(forward):
+            try:
+                # The workers tick every second: the merged progress follows their events.
+                env = {**os.environ, "MASTOSYNC_SYNC_PROGRESS_INTERVAL": "1"}
                 for w in workers:
-                    w.code = w.process.returncode if w.process is not None else None
-            for w in workers:
-                w.follow()
-            merge(workers, stats, final=True)
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-            for w in workers:  # never leave a worker behind (an exception here, a defect)
-                if w.process is not None and w.process.returncode is None:
-                    w.process.kill()
+                    with w.errors.open("wb") as error_file:
+                        w.process = await asyncio.create_subprocess_exec(
+                            *worker_argv(settings, request, n, w.shard, w.log), stdin=asyncio.subprocess.DEVNULL,
+                            stdout=asyncio.subprocess.DEVNULL, stderr=error_file, start_new_session=True, env=env)
+                display.message(f"mastosync: {n} processes, shards 1/{n} to {n}/{n} (their logs in {folder})")
+                with display.running():
+                    waiting = asyncio.gather(*(w.process.wait() for w in workers if w.process is not None))
+                    while not waiting.done():
+                        merge(workers, stats)
+                        await asyncio.wait({waiting}, timeout=0.5)
+                    for w in workers:
+                        w.code = w.process.returncode if w.process is not None else None
+                for w in workers:
+                    w.follow()
+                merge(workers, stats, final=True)
+            finally:
+                for w in workers:  # never leave a worker behind (an exception here, a defect)
+                    if w.process is not None and w.process.returncode is None:
+                        w.process.kill()
         for s in stats.values():
             s.ended = s.ended or s.started
         report = merged_report(settings, workers, n)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from prometheus_client.registry import Collector
 from mastosync import __version__
 from mastosync.display.progress import Display, Stats, total_of
 from mastosync.errors import UsageError
+from mastosync.loop import stopping_signals
 from mastosync.storage.retry import Pacer
 
 OUTCOMES = ("copied", "skipped", "missing", "failed")
@@ -118,13 +118,6 @@ async def serving(addr: str, state: RunState, linger: float, say: Callable[[str]
 
 
 async def _wait_or_signal(seconds: float) -> None:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    with stopping_signals(lambda signum: stop.set()), contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

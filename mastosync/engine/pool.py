@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from mastosync.engine.events import Events
 from mastosync.errors import InternalError, MastosyncError
+from mastosync.loop import stopping_signals
 
 J = TypeVar("J")
 
@@ -52,9 +52,10 @@ class Pool(Generic[J]):
             self.hard_stop.set()
 
     async def run(self, jobs: AsyncGenerator[J, None]) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self.on_signal, signum)
+        with stopping_signals(self.on_signal):
+            await self._run(jobs)
+
+    async def _run(self, jobs: AsyncGenerator[J, None]) -> None:
         workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
         producer = asyncio.create_task(self._produce(jobs))
         stopper = asyncio.create_task(self.stop.wait())
@@ -73,8 +74,6 @@ class Pool(Generic[J]):
             # take the closed connection for a lost one and say so).
             await asyncio.gather(producer, return_exceptions=True)
             await self._wind_down(workers)
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     async def _produce(self, jobs: AsyncGenerator[J, None]) -> None:
         try:
