@@ -34,7 +34,7 @@ def read_report(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(match.group(1)).read_text().splitlines()]
 
 
-async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy, video: int = 40 * 2**20,
+async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy, video: int = 6 * 2**20,
                 extra: dict[str, Any] | None = None,
                 source_prefix: str = "") -> tuple[instance.Instance, str, str, Path]:
     inst = instance.build(db.shape, video_size=video)
@@ -44,7 +44,9 @@ async def setup(tmp_path: Path, db: MastodonDb, s3: S3Server, proxy: FaultProxy,
     # streamed (not server-side copied) and every request is counted.
     config = write_config(tmp_path / "config.toml", db=db, source=(s3, src), destination=(s3, dst),
                           destination_endpoint=proxy.endpoint,
-                          extra={"destination": {"acl": "public-read"}, "sync": {"progress_interval": 0.5},
+                          extra={"destination": {"acl": "public-read"},
+                                 # The 6 MiB video in two parts: the multipart path, with small bodies.
+                                 "sync": {"progress_interval": 0.5, "multipart_threshold": "5MiB", "part_size": "5MiB"},
                                  **(extra or {})})
     return inst, src, dst, config
 

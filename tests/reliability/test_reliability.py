@@ -30,7 +30,8 @@ SECRETS = [DB_PASSWORD, SECRET_KEY]
 FAST_SYNC = {"multipart_threshold": "5MiB", "part_size": "5MiB", "concurrency": 8, "progress_interval": 1}
 
 
-async def seeded(db: MastodonDb, s3: S3Server, media: int = 60, video: int = 12 * MiB) -> tuple[instance.Instance, str]:
+async def seeded(db: MastodonDb, s3: S3Server, media: int = 60,
+                 video: int = 6 * MiB) -> tuple[instance.Instance, str]:
     inst = instance.build(db.shape, video_size=video)
     instance.add_bulk(inst, media=media, accounts=10)
     src = new_bucket(s3, "src")
@@ -80,7 +81,7 @@ async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonD
     """Down for good: connections refused, or every request reset (the worse case: each
     request connects, then fails). The run stops once nothing but failures has come back
     for sync.timeout, without asyncio's warnings; the next run completes."""
-    inst, src = await seeded(mastodon_db, moto, media=150)
+    inst, src = await seeded(mastodon_db, moto, media=80)
     dst = new_bucket(moto, "dst")
     with fault_proxy(moto, latency=0.02) as proxy:
         config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
