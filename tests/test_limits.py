@@ -75,8 +75,9 @@ async def test_a_change_of_slot_takes_effect_within_a_second() -> None:
 
 async def test_a_run_under_bwlimit_reads_no_faster(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
     """6 objects of 1 MiB under --bwlimit 2M: the source is read at 2 MiB/s at most, so the last
-    upload comes at least (6 - 1) MiB / 2 MiB/s after the first (a lower bound: a slow machine
-    cannot break it), and the limit in force is in the progress lines."""
+    upload comes at least (6 - 2) MiB / 2 MiB/s after the second (a lower bound: a slow machine
+    cannot break it; not from the first, whose upload also waits for the first connections),
+    and the limit in force is in the progress lines."""
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
     rows = []
     for i in range(1, 7):
@@ -92,7 +93,7 @@ async def test_a_run_under_bwlimit_reads_no_faster(tmp_path: Path, mastodon_db: 
         result = run_cli("run", "--bwlimit", "2M", "--tpslimit", "50", config=config)
         assert result.returncode == 0, result.stderr
         puts = [t for t, op, status in proxy.counters.timeline if op == "PutObject" and status == 200]
-        assert len(puts) == 6 and max(puts) - min(puts) >= 5 * MiB / (2 * MiB) * 0.95
+        assert len(puts) == 6 and max(puts) - sorted(puts)[1] >= 4 * MiB / (2 * MiB) * 0.95, puts
         assert time.monotonic() - started >= 2.5
         assert "limit 2.0 MiB/s read, 50 requests/s to each bucket" in result.stdout
         bad = run_cli("run", "--bwlimit", "fast", config=config)
