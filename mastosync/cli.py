@@ -369,7 +369,7 @@ def audit_command(config_path: str | None, types: tuple[str, ...], all_types: bo
     Exit 1 when the destination lacks an object the source has.
     """
     from mastosync.commands import audit
-    from mastosync.config import parse_duration
+    from mastosync.config.units import parse_duration
     from mastosync.errors import UsageError
     from mastosync.request import Request
 
@@ -437,7 +437,7 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
     if target.exists():
         raise UsageError(f"{target.resolve()} exists; not overwriting it (give --output another path)")
     if over_ssh:
-        from mastosync.config import DatabaseSettings
+        from mastosync.config.settings import DatabaseSettings
         from mastosync.tunnel import Tunnel
 
         if config_path is None:
@@ -524,7 +524,7 @@ def cutover_command(config_path: str | None) -> None:
     """
     from mastosync.commands import cutover
     from mastosync.errors import VerifyGaps
-    from mastosync.state import RunHistory
+    from mastosync.state.history import RunHistory
 
     settings = _load(config_path)
     verified = RunHistory(settings.sync.state_dir).last_verify(settings)

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from mastosync.config import Settings
-from mastosync.display.progress import Stats
+from mastosync.config.settings import Settings
+from mastosync.engine.counters import Stats
 from mastosync.engine.plan import Annotate, Feed, learn_sizes
 from mastosync.errors import ConfigError, FolderError
 from mastosync.mastodon import layout, records
 from mastosync.request import Request, filters_for
-from mastosync.state import TypeProgress
+from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store, make_store, needs_ssh
 from mastosync.storage.base import UNTOLD, Head, UploadEvents
 from mastosync.storage.s3 import Bucket
@@ -63,7 +63,7 @@ async def open_database(settings: Settings, tunnel: Tunnel | None = None) -> Asy
 
 async def refuse_one_bucket_twice(settings: Settings, source: Store, destination: Store) -> None:
     """The same bucket and prefix on both sides under two spellings of its endpoint: the
-    configuration cannot tell (config._place compares what is written), a probe can."""
+    configuration cannot tell (BucketSettings.same_place_as compares what is written), a probe can."""
     a, b = settings.source, settings.destination
     if not (a.kind == b.kind == "s3" and a.bucket == b.bucket and a.key_prefix == b.key_prefix):
         return

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mastosync.config import Settings
+from mastosync.config.settings import Settings
 from mastosync.errors import UsageError
-from mastosync.state import RunHistory
+from mastosync.state.history import RunHistory
 
 if TYPE_CHECKING:  # asyncpg, imported by records, costs every start of the CLI 0.1 s
     from mastosync.mastodon import records

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from mastosync.config import BucketSettings, SshSettings
+from mastosync.config.settings import BucketSettings, SshSettings
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncssh
 
-from mastosync.config import DatabaseSettings, SshSettings
+from mastosync.config.settings import DatabaseSettings, SshSettings
 from mastosync.errors import TunnelError
 
 log = logging.getLogger(__name__)

@@ -127,7 +127,7 @@ async def test_fix_over_5_gib_copies_in_parts(moto: S3Server, monkeypatch) -> No
     import os
 
     import mastosync.storage.s3.bucket as s3
-    from mastosync.config import DestinationSettings
+    from mastosync.config.settings import DestinationSettings
 
     monkeypatch.setattr(s3, "MAX_COPY_OBJECT", 6 * 2**20)
     monkeypatch.setattr(s3, "COPY_PART_MIN", 5 * 2**20)

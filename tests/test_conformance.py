@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from mastosync.config import BucketSettings, DestinationSettings, MiB
+from mastosync.config.settings import BucketSettings, DestinationSettings
+from mastosync.config.units import MiB
 from mastosync.engine.etags import MultipartEtags, part_size_for
 from mastosync.engine.memory import MemoryBudget
 from mastosync.engine.outcome import Proof, Status

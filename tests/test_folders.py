@@ -408,7 +408,7 @@ async def test_owner_of_written_files(tmp_path: Path, ssh_server: AsyncsshServer
     """destination.owner: files and the folders made for them go to that user, locally and over SFTP."""
     import pwd
 
-    from mastosync.config import SshSettings
+    from mastosync.config.settings import SshSettings
     from mastosync.errors import FolderError
     from mastosync.storage.folders import FolderStore
     from mastosync.storage.localfiles import LocalFiles

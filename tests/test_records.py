@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mastosync.config import DatabaseSettings
+from mastosync.config.settings import DatabaseSettings
 from mastosync.mastodon import layout, records
 from tests.conftest import MastodonDb, make_db, run_cli, write_config
 from tests.services import instance

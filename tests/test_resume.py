@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mastosync.config import MiB
+from mastosync.config.units import MiB
 from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
 from tests.services.faultproxy import FaultProxy
 from tests.services.instance import body

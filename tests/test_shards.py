@@ -15,7 +15,7 @@ import pytest
 
 from mastosync.errors import UsageError
 from mastosync.request import parse_shard
-from mastosync.state import RunLock
+from mastosync.state.lock import RunLock
 from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mastosync.config import BucketSettings
+from mastosync.config.settings import BucketSettings
 from mastosync.errors import BucketError
 from mastosync.storage.base import NotFound, Permanent, Throttled, Transient
 from mastosync.storage.retry import Pacer

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.config.settings import BucketSettings, DestinationSettings
 from mastosync.engine.memory import MemoryBudget
 from mastosync.engine.outcome import Status
 from mastosync.engine.transfer import Copier

@@ -9,10 +9,11 @@ from datetime import datetime
 
 import pytest
 
-from mastosync.display.progress import Display, RateWindow, Stats
+from mastosync.display.progress import Display
+from mastosync.engine.counters import RateWindow, Stats
 from mastosync.errors import UsageError
 from mastosync.request import parse_since
-from mastosync.state import TypeProgress
+from mastosync.state.resume import TypeProgress
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -103,7 +104,8 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_run_holds_at_most_its_memory_budget_of_object_bytes() -> None:
     """`run`'s budget is one object at the threshold plus one part, whatever the concurrency."""
     from mastosync.commands.run import memory_budget
-    from mastosync.config import MiB, SyncSettings
+    from mastosync.config.settings import SyncSettings
+    from mastosync.config.units import MiB
 
     budget = memory_budget(SyncSettings(multipart_threshold=16 * MiB, part_size=8 * MiB))
     peak = 0
@@ -127,7 +129,7 @@ def test_run_holds_at_most_its_memory_budget_of_object_bytes() -> None:
 def test_where_a_side_lives_one_type_per_kind() -> None:
     """sides.py: the identity (the resume state's key, pinned: existing state files must keep
     their names), the place (two spellings of one endpoint), the public URL and the API URL."""
-    from mastosync.config import BucketSettings, SshSettings
+    from mastosync.config.settings import BucketSettings, SshSettings
     from mastosync.sides import LocalFolder, S3Side, SftpFolder, side_of
 
     ssh = SshSettings(host="h.example", user="u")

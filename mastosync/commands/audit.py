@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mastosync import loop
-from mastosync.config import Settings, format_size
+from mastosync.config.settings import Settings
+from mastosync.config.units import format_size
 from mastosync.connect import connect
 from mastosync.display.progress import Display
 from mastosync.engine.books import AuditBook, Tally
@@ -37,7 +38,8 @@ from mastosync.engine.steps.audit import Audit, AuditStep, Inspection
 from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
 from mastosync.mastodon import layout, records
 from mastosync.request import Request, report_label
-from mastosync.state import Report, ResumeState, TypeProgress
+from mastosync.state.reports import Report
+from mastosync.state.resume import ResumeState, TypeProgress
 from mastosync.storage import Store, make_store
 from mastosync.storage.retry import RetryPolicy
 

@@ -16,15 +16,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mastosync.config import Settings, format_size
+from mastosync.config.settings import Settings
+from mastosync.config.units import format_size
 from mastosync.connect import open_database, open_ssh
-from mastosync.display.progress import Stats
+from mastosync.engine.counters import Stats
 from mastosync.engine.plan import Job, jobs_for
 from mastosync.engine.sanity import first_keys
 from mastosync.engine.steps.check import md5_of_object
 from mastosync.errors import MastosyncError
 from mastosync.mastodon import layout, records, version
-from mastosync.state import TypeProgress
+from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store, make_store
 from mastosync.storage.base import Head, StorageError
 from mastosync.storage.retry import RetryPolicy

@@ -9,13 +9,14 @@ from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from mastosync.display.progress import Display, Stats
+from mastosync.display.progress import Display
+from mastosync.engine.counters import Stats
 from mastosync.engine.events import Events
 from mastosync.engine.pool import Pool
 from mastosync.engine.sanity import SourceWatch
 from mastosync.errors import MastosyncError, SourceMisconfigured
 from mastosync.mastodon import records
-from mastosync.state import Report
+from mastosync.state.reports import Report
 
 J = TypeVar("J")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from mastosync.config import BucketSettings, DestinationSettings, Settings
+from mastosync.config.settings import BucketSettings, DestinationSettings, Settings
 from mastosync.errors import UsageError
 from mastosync.mastodon import version
 from mastosync.sides import S3Side

@@ -9,7 +9,8 @@ import urllib.parse
 from typing import TextIO
 
 from mastosync import loop
-from mastosync.config import Settings, format_size
+from mastosync.config.settings import Settings
+from mastosync.config.units import format_size
 from mastosync.connect import open_database
 from mastosync.errors import UsageError
 from mastosync.mastodon import layout, records

@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from mastosync import loop
-from mastosync.config import Settings
-from mastosync.display.progress import Display, Stats, summary_json
+from mastosync.config.settings import Settings
+from mastosync.display.progress import Display
+from mastosync.engine.counters import Stats, summary_json
 from mastosync.errors import InternalError, Interrupted, MastosyncError, ObjectsFailed, UsageError
 from mastosync.loop import stopping_signals
 from mastosync.request import Request, resolve_since
-from mastosync.state import Report, RunHistory, RunLock
+from mastosync.state.history import RunHistory
+from mastosync.state.lock import RunLock
+from mastosync.state.reports import Report
 from mastosync.storage.limits import Timetable
 
 COUNTERS = ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "kept")

@@ -17,11 +17,13 @@ from typing import Any, cast
 from mastosync import loop
 from mastosync.commands.common import check_source, drive, ended_at
 from mastosync.commands.visibility import AppliedVisibility, Changed, owners_to_recheck, reapply
-from mastosync.config import Settings, SyncSettings, format_size
+from mastosync.config.settings import Settings, SyncSettings
+from mastosync.config.units import format_size
 from mastosync.connect import Connected, connect
 from mastosync.display.metrics import RunState, serving
-from mastosync.display.progress import Display, Stats, summary_json, total_of
+from mastosync.display.progress import Display
 from mastosync.engine.books import CopyBook
+from mastosync.engine.counters import Stats, summary_json, total_of
 from mastosync.engine.events import Quiet, stop_message
 from mastosync.engine.memory import MemoryBudget, keep_large_buffers_mapped
 from mastosync.engine.plan import Job
@@ -33,7 +35,10 @@ from mastosync.errors import InternalError, Interrupted, ObjectsFailed, SourceMi
 from mastosync.mastodon import records
 from mastosync.mastodon.version import mastodon_release
 from mastosync.request import Request, filters_for, report_label, resolve_since
-from mastosync.state import SO_FAR, EventLog, Report, ResumeState, RunHistory, RunLock, TypeProgress
+from mastosync.state.history import RunHistory
+from mastosync.state.lock import RunLock
+from mastosync.state.reports import EventLog, Report
+from mastosync.state.resume import SO_FAR, ResumeState, TypeProgress
 from mastosync.storage import ServerSideCopy, Store
 from mastosync.storage.limits import Timetable, bandwidth_limit
 from mastosync.storage.retry import RetryPolicy

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mastosync.config import format_size
-from mastosync.state import RunHistory
+from mastosync.config.units import format_size
+from mastosync.state.history import RunHistory
 
 
 def read_states(state_dir: str) -> list[dict[str, Any]]:

@@ -9,10 +9,11 @@ import sys
 from mastosync import loop
 from mastosync.commands import cutover
 from mastosync.commands.common import check_source, drive, ended_at
-from mastosync.config import Settings
+from mastosync.config.settings import Settings
 from mastosync.connect import connect
-from mastosync.display.progress import Display, total_of
+from mastosync.display.progress import Display
 from mastosync.engine.books import VerifyBook
+from mastosync.engine.counters import total_of
 from mastosync.engine.events import Told
 from mastosync.engine.plan import Job
 from mastosync.engine.pool import Pool
@@ -22,7 +23,9 @@ from mastosync.errors import Interrupted, SourceMisconfigured, UsageError, Verif
 from mastosync.mastodon import layout, records
 from mastosync.mastodon.version import mastodon_release
 from mastosync.request import Request, report_label, resolve_since
-from mastosync.state import Report, RunHistory, TypeProgress
+from mastosync.state.history import RunHistory
+from mastosync.state.reports import Report
+from mastosync.state.resume import TypeProgress
 from mastosync.storage.retry import RetryPolicy
 
 
@@ -48,7 +51,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
         step = CheckStep(connected.source, connected.destination, RetryPolicy(retries=settings.sync.retries),
                          checksum, sample, check_private=hides)
         watch = SourceWatch(request.accept_missing)
-        book = VerifyBook(report, display, sys.stdout, as_json, watch)
+        book = VerifyBook(report, display.message, sys.stdout, as_json, watch)
 
         async def check(job: Job) -> None:
             finding = await step(job)

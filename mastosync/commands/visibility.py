@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from mastosync.config import Settings
+from mastosync.config.settings import Settings
 from mastosync.mastodon import layout, records
-from mastosync.state import RunHistory, selection
+from mastosync.state.history import RunHistory
+from mastosync.state.resume import selection
 from mastosync.storage import Store
 from mastosync.storage.base import NotFound, StorageError, Transient
 from mastosync.storage.retry import RetryPolicy

@@ -19,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from mastosync import __version__
-from mastosync.display.progress import Display, Stats, total_of
+from mastosync.display.progress import Display
+from mastosync.engine.counters import Stats, total_of
 from mastosync.errors import UsageError
 from mastosync.loop import stopping_signals
 from mastosync.storage.retry import Pacer

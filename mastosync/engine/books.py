@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from mastosync.display.progress import Display
 from mastosync.engine.outcome import Proof, Status
 from mastosync.engine.plan import Job
 from mastosync.engine.sanity import SourceWatch
 from mastosync.engine.steps.audit import Audit, Inspection
 from mastosync.engine.steps.check import Finding
 from mastosync.engine.steps.copy import Copied
-from mastosync.state import Report, ResumeState
+from mastosync.state.reports import Report
+from mastosync.state.resume import ResumeState
 
 SAVE_EVERY = 2.0  # seconds between writes of the resume state while objects finish
 
@@ -76,9 +77,9 @@ class VerifyBook:
     """verify: counters per type, every finding in the report (and on stdout, as lines or
     JSON with --json)."""
 
-    def __init__(self, report: Report, display: Display, out: TextIO, as_json: bool,
+    def __init__(self, report: Report, say: Callable[[str], None], out: TextIO, as_json: bool,
                  watch: SourceWatch | None = None) -> None:
-        self.report, self.display, self.out, self.as_json = report, display, out, as_json
+        self.report, self.say, self.out, self.as_json = report, say, out, as_json
         self.watch = watch
 
     def record(self, finding: Finding) -> None:
@@ -119,7 +120,7 @@ class VerifyBook:
         if self.as_json:
             self.out.write(json.dumps(entry, ensure_ascii=False) + "\n")
         else:
-            self.display.message(f"{finding.status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t"
+            self.say(f"{finding.status}\t{job.obj.type}\t{job.obj.id}\t{job.destination_key}\t"
                                  f"{finding.reason}")
 
 

@@ -15,9 +15,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mastosync.display.progress import Stats
+from mastosync.engine.counters import Stats
 from mastosync.mastodon import layout, records
-from mastosync.state import TypeProgress
+from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store
 from mastosync.storage.base import ABSENT, Known, StorageError
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections import Counter
 
-from mastosync.config import BucketSettings
+from mastosync.config.settings import BucketSettings
 from mastosync.errors import SourceMisconfigured
 from mastosync.storage import Store
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from mastosync.config import DatabaseSettings
+from mastosync.config.settings import DatabaseSettings
 from mastosync.errors import DatabaseError
 from mastosync.mastodon.layout import (
     DERIVED_ESTIMATE,

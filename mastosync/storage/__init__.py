@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.config.settings import BucketSettings, DestinationSettings
 from mastosync.storage.base import UNTOLD, Head, UploadEvents
 from mastosync.storage.limits import request_limit
 from mastosync.storage.retry import Pacer, RetryPolicy

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mastosync.config import MiB
+from mastosync.config.units import MiB
 from tests.conftest import DB_PASSWORD, MastodonDb, new_bucket, run_cli, write_config
 from tests.reliability.helpers import (
     assert_no_secrets,

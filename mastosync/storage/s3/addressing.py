@@ -3,7 +3,7 @@ sends (its stored headers, the ACL, the storage class)."""
 
 from __future__ import annotations
 
-from mastosync.config import BucketSettings, DestinationSettings
+from mastosync.config.settings import BucketSettings, DestinationSettings
 from mastosync.sides import S3Side
 from mastosync.storage.base import (
     Head,

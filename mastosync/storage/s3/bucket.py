@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from mastosync import __version__
-from mastosync.config import BucketSettings
+from mastosync.config.settings import BucketSettings
 from mastosync.errors import BucketError, EndpointDown
 from mastosync.mastodon.layout import full_key
 from mastosync.redact import redact

@@ -1,6 +1,4 @@
-"""Resume state and the report of failed and missing objects, both under sync.state_dir.
-
-Resume state, per type: `done_through`, an id such that every record up to it is
+"""Resume state, per type: `done_through`, an id such that every record up to it is
 finished, and `failed_ids`, records with an object that failed (retried first by the
 next run). Records stream in id order, so a small ordered window of records in flight
 is enough to advance the mark; memory does not grow with the table. The file is
@@ -10,8 +8,6 @@ include_remote) and replaced atomically.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,11 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from mastosync.config import BucketSettings, Settings
-from mastosync.errors import ConfigError, StateBusy
-from mastosync.redact import redact
+from mastosync.config.settings import BucketSettings, Settings
 
 VERSION = 1
 
@@ -205,178 +199,3 @@ def selection(settings: Settings, shard: tuple[int, int] | None = None) -> dict[
     if shard is not None:  # absent when not sharded: older state files keep their name
         found["shard"] = list(shard)
     return found
-
-
-class RunHistory:
-    """Every run's start, end and outcome, one JSON line each in state_dir/runs.jsonl.
-
-    `run --since last` takes the baseline of the migration: the start of the first run of
-    the last sequence of runs (a run and the runs that resumed it) that completed the same
-    selection. Everything written since then is what the cut-over catch-up must copy. A
-    `--limit` trial is never a baseline; a `--since` run is one only if it reached back to
-    the baseline before it (a mistyped date in the future proves nothing). Times are the
-    database's clock, naive UTC.
-    """
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = Path(state_dir) / "runs.jsonl"
-
-    def record(self, settings: Settings, types: tuple[str, ...], started: datetime, ended: datetime,
-               since: datetime | None, complete: bool, shard: tuple[int, int] | None = None,
-               baseline: datetime | None = None, limit: int | None = None, command: str = "run",
-               clean: bool | None = None, mastodon: str | None = None) -> None:
-        entry = {"selection": selection(settings, shard), "types": list(types), "started": started.isoformat(),
-                 "ended": ended.isoformat(), "since": since.isoformat() if since else None, "complete": complete,
-                 "baseline": (baseline or started).isoformat(), "limit": limit, "mastodon": mastodon}
-        if command != "run":
-            entry["command"] = command
-        if clean is not None:
-            entry["clean"] = clean  # verify: nothing absent or different
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    def _entries(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        found = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a crash
-        return found
-
-    def last_complete_start(self, settings: Settings, types: tuple[str, ...],
-                            shard: tuple[int, int] | None = None) -> datetime | None:
-        """The baseline (naive UTC) of the latest completed sequence of runs covering `types`."""
-        wanted = selection(settings, shard)
-        found: datetime | None = None
-        for entry in self._entries():
-            if (entry.get("command", "run") != "run" or not entry.get("complete")
-                    or entry.get("limit") is not None or entry.get("selection") != wanted
-                    or not set(types) <= set(entry.get("types", []))):
-                continue
-            start = datetime.fromisoformat(entry.get("baseline") or entry["started"])
-            since = entry.get("since")
-            if since is not None and (found is None or datetime.fromisoformat(since) > found):
-                continue  # left a gap between the baseline and its own start
-            found = start if found is None else max(found, start)
-        return found
-
-    def last_start(self, settings: Settings, shard: tuple[int, int] | None = None) -> datetime | None:
-        """The start of the latest run of this migration, finished or not."""
-        wanted = selection(settings, shard)
-        starts = [datetime.fromisoformat(e["started"]) for e in self._entries()
-                  if e.get("command", "run") == "run" and e.get("selection") == wanted]
-        return max(starts, default=None)
-
-    def last_of_shard(self, settings: Settings, shard: tuple[int, int]) -> dict[str, Any] | None:
-        """The latest run entry of one shard of this migration."""
-        wanted = selection(settings, shard)
-        return next((e for e in reversed(self._entries())
-                     if e.get("command", "run") == "run" and e.get("selection") == wanted), None)
-
-    def mastodon(self) -> str | None:
-        """The Mastodon release the latest run or verify found in the database."""
-        return next((e["mastodon"] for e in reversed(self._entries()) if e.get("mastodon")), None)
-
-    def last_verify(self, settings: Settings) -> dict[str, bool | None]:
-        """Per type: whether the latest whole verify of it (no --limit, --since or --shard)
-        found nothing absent or different; None when none was recorded."""
-        wanted = selection(settings)
-        found: dict[str, bool | None] = {}
-        for entry in self._entries():
-            if (entry.get("command") == "verify" and entry.get("selection") == wanted and entry.get("limit") is None
-                    and entry.get("since") is None and entry.get("clean") is not None):
-                for name in entry.get("types", []):
-                    found[name] = bool(entry["clean"])
-        return found
-
-
-class RunLock:
-    """One run per state directory: an exclusive flock held for the run, with the holder's PID.
-
-    The kernel releases a flock when its process dies, however it dies, so a crashed run
-    never leaves the directory locked.
-    """
-
-    def __init__(self, state_dir: str, name: str = "run.lock") -> None:
-        self.path = Path(state_dir).resolve() / name
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ConfigError("sync.state_dir", f"cannot use {self.path.parent}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StateBusy(f"another mastosync run (PID {holder}) is using the state directory "
-                            f"{self.path.parent}; wait for it to end, or give this one another sync.state_dir"
-                            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
-
-
-class EventLog:
-    """--log-file: one JSON object per line for every failed or missing object, retry, progress
-    tick and the summary, flushed as written, so that `tail -f | jq` follows a long run."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path).expanduser().resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
-
-    def event(self, kind: str, **fields: Any) -> None:
-        entry = {"time": datetime.now().astimezone().isoformat(timespec="milliseconds"), "event": kind, **fields}
-        self._file.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class Report:
-    """One JSON line per failed or missing object, written as they happen."""
-
-    def __init__(self, state_dir: str, command: str, events: EventLog | None = None) -> None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"report-{command}-{stamp}-{os.getpid()}"
-        self.path = Path(state_dir).resolve() / f"{name}.jsonl"
-        n = 1
-        while self.path.exists():  # another command of this process, in the same second
-            n += 1
-            self.path = self.path.with_name(f"{name}-{n}.jsonl")
-        self._file: IO[str] | None = None
-        self.lines = 0
-        self.events = events  # each entry is also an event of the --log-file
-
-    def write(self, entry: dict[str, Any]) -> None:
-        if self.events is not None:
-            self.events.event("object", **entry)
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(redact(json.dumps(entry, ensure_ascii=False)) + "\n")
-        self.lines += 1
-
-    def close(self) -> None:
-        if self._file is None:  # an empty report still exists, so its printed path is real
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.touch()
-        else:
-            self._file.close()
