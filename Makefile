@@ -35,7 +35,7 @@ test: $(STAMP) prerequisites $(S3RVER) lint
 
 # The edit-run loop: lint and the suites that need no server but PostgreSQL and moto (about a minute).
 CHECK_TESTS = tests/test_layout.py tests/test_sigv4.py tests/test_units.py tests/test_config.py tests/test_init.py \
-	tests/test_deploy.py tests/test_cutover.py tests/test_limits.py tests/test_records.py
+	tests/test_deploy.py tests/test_cutover.py tests/test_limits.py tests/test_records.py tests/test_code_shape.py
 check: $(STAMP) lint
 	$(BIN)/python -m pytest -n 3 $(CHECK_TESTS)
 

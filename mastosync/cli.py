@@ -427,32 +427,11 @@ def init(env_path: str, over_ssh: bool, output: str, config_path: str | None) ->
     Secrets (DB_PASS, the AWS keys) are not written: the MASTOSYNC_* variables to set
     instead are listed, by name.
     """
-    import asyncio
-    from pathlib import Path
-
     from mastosync.commands import init as init_config
-    from mastosync.errors import UsageError
 
-    target = Path(output).expanduser()
-    if target.exists():
-        raise UsageError(f"{target.resolve()} exists; not overwriting it (give --output another path)")
-    if over_ssh:
-        from mastosync.config.settings import DatabaseSettings
-        from mastosync.tunnel import Tunnel
-
-        if config_path is None:
-            config_path = click.get_current_context().find_root().params.get("config_path")
-        ssh = config.load_ssh(config.config_path(config_path))
-        redact.add([v for v in (ssh.password, ssh.passphrase) if v])
-        raw = asyncio.run(Tunnel(ssh, DatabaseSettings()).read_file(env_path))
-    else:
-        try:
-            raw = Path(env_path).expanduser().read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {env_path}: {exc.strerror}") from None
-    where = env_path if over_ssh else str(Path(env_path).expanduser().resolve())
-    made = init_config.config_from_env(init_config.parse_dotenv(raw.decode("utf-8", "replace")), where, over_ssh)
-    target.write_text(made.text)
+    if over_ssh and config_path is None:
+        config_path = click.get_current_context().find_root().params.get("config_path")
+    target, where, made = init_config.write_config(env_path, output, config_path if over_ssh else None, over_ssh)
     click.echo(f"wrote {target.resolve()} from {where}:")
     for variable, setting in made.used:
         click.echo(f"  {variable} -> {setting}")

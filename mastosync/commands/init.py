@@ -15,6 +15,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*)$")
@@ -214,3 +215,33 @@ def _finish(made: FromEnv, lines: list[str], env: dict[str, str]) -> FromEnv:
     made.unused = sorted(k for k in env if RELEVANT.match(k) and not used(k))
     made.text = "\n".join(lines)
     return made
+
+
+def write_config(env_path: str, output: str, config_path: str | None, over_ssh: bool) -> tuple[Path, str, FromEnv]:
+    """Read the env file (here, or over SFTP on the [ssh] host of `config_path`) and write the
+    configuration made from it to `output`, never over an existing file."""
+    from mastosync import config
+    from mastosync.errors import UsageError
+    from mastosync.redact import redact
+
+    target = Path(output).expanduser()
+    if target.exists():
+        raise UsageError(f"{target.resolve()} exists; not overwriting it (give --output another path)")
+    if over_ssh:
+        import asyncio
+
+        from mastosync.config.settings import DatabaseSettings
+        from mastosync.tunnel import Tunnel
+
+        ssh = config.load_ssh(config.config_path(config_path))
+        redact.add([v for v in (ssh.password, ssh.passphrase) if v])
+        raw = asyncio.run(Tunnel(ssh, DatabaseSettings()).read_file(env_path))
+    else:
+        try:
+            raw = Path(env_path).expanduser().read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {env_path}: {exc.strerror}") from None
+    where = env_path if over_ssh else str(Path(env_path).expanduser().resolve())
+    made = config_from_env(parse_dotenv(raw.decode("utf-8", "replace")), where, over_ssh)
+    target.write_text(made.text)
+    return target, where, made
