@@ -154,7 +154,7 @@ async def test_throttling_storm_slows_down_then_completes(tmp_path: Path, mastod
 
 
 async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
-    inst, src = await seeded(mastodon_db, moto, media=200, video=1000)
+    inst, src = await seeded(mastodon_db, moto, media=120, video=1000)
     dst = new_bucket(moto, "dst")
     with fault_proxy(moto, latency=0.01) as proxy:
         config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
@@ -241,7 +241,7 @@ async def test_stop_takes_only_as_long_as_copies_in_flight(tmp_path: Path, masto
     grace period is set far beyond the test's own timeout, so waiting it out fails the test."""
     import signal as signals
 
-    inst, src = await seeded(mastodon_db, moto, media=100, video=1000)
+    inst, src = await seeded(mastodon_db, moto, media=70, video=1000)
     dst = new_bucket(moto, "dst")
     with fault_proxy(moto, latency=0.02) as proxy:
         config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
