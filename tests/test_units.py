@@ -146,3 +146,19 @@ def test_where_a_side_lives_one_type_per_kind() -> None:
     assert isinstance(remote, SftpFolder) and remote.identity() == ["sftp", "u@h.example:22", "/srv/system"]
     aws = side_of(BucketSettings(region="eu-west-1", bucket="b"), ssh)
     assert aws.place() == ("aws:eu-west-1", "b", "") and aws.public_base() == "https://s3.eu-west-1.amazonaws.com/b/"
+
+
+@pytest.mark.parametrize("value", ["Sun, 06 Nov 1994 08:49:37 GMT", "Sat, 05 Dec 2026 13:40:01 GMT",
+                                   "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+                                   "Sun, 06 Nov 1994 08:49:37 +0100", "Sun, 06 Xyz 1994 08:49:37 GMT", "garbage", ""])
+def test_http_dates_read_fast_as_email_utils_reads_them(value: str) -> None:
+    """Last-Modified of every answer: the IMF-fixdate fast path agrees with email.utils."""
+    import email.utils
+
+    from mastosync.storage.s3.answers import _http_time
+
+    try:
+        expected: float | None = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        expected = None
+    assert _http_time(value) == expected

@@ -20,7 +20,6 @@ from mastosync.commands.visibility import AppliedVisibility, Changed, owners_to_
 from mastosync.config.settings import Settings, SyncSettings
 from mastosync.config.units import format_size
 from mastosync.connect import Connected, connect
-from mastosync.display.metrics import RunState, serving
 from mastosync.display.progress import Display
 from mastosync.engine.books import CopyBook
 from mastosync.engine.counters import Stats, summary_json, total_of
@@ -185,10 +184,14 @@ async def _run_locked(settings: Settings, request: Request) -> None:
                 raise copied.fatal
 
         pool = Pool(copy, request.concurrency, settings.sync.grace_period, events)
-        observed = RunState(list(stats.values()), {"source": connected.source.pacer, "destination": destination.pacer},
-                            display, lambda: busy[0], release[1] if release else "", lambda: bool(pool.signals))
-        await stack.enter_async_context(serving(settings.sync.metrics_addr, observed, settings.sync.metrics_linger,
-                                                display.message))
+        if settings.sync.metrics_addr:  # prometheus_client imported only when asked for
+            from mastosync.display.metrics import RunState, serving
+
+            observed = RunState(list(stats.values()), {"source": connected.source.pacer,
+                                                       "destination": destination.pacer},
+                                display, lambda: busy[0], release[1] if release else "", lambda: bool(pool.signals))
+            await stack.enter_async_context(serving(settings.sync.metrics_addr, observed,
+                                                    settings.sync.metrics_linger, display.message))
         feed = connected.feed(settings, request, progress, connected.learn_sizes(need_source=False), retry=True)
 
         def save_state() -> None:

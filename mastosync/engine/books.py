@@ -11,16 +11,18 @@ import collections
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mastosync.engine.outcome import Proof, Status
 from mastosync.engine.plan import Job
 from mastosync.engine.sanity import SourceWatch
-from mastosync.engine.steps.audit import Audit, Inspection
 from mastosync.engine.steps.check import Finding
 from mastosync.engine.steps.copy import Copied
 from mastosync.state.reports import Report
 from mastosync.state.resume import ResumeState
+
+if TYPE_CHECKING:  # audit's step is imported by audit alone
+    from mastosync.engine.steps.audit import Audit, Inspection
 
 SAVE_EVERY = 2.0  # seconds between writes of the resume state while objects finish
 
