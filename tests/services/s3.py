@@ -102,6 +102,9 @@ class S3Server:
         )
 
 
+MOTO_SERVER = Path(__file__).with_name("moto_server.py")  # moto's server, less its per-request folder scan
+
+
 class MotoServer(S3Server):
     kind = "moto"
     supports_acl = True
@@ -109,7 +112,7 @@ class MotoServer(S3Server):
     def start(self) -> MotoServer:
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
         self.process = ManagedProcess(
-            "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env
+            "moto", [sys.executable, str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)], env=env
         )
         self.process.start(lambda: port_open(self.port))
         return self
