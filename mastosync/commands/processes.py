@@ -37,7 +37,6 @@ from mastosync.state.reports import Report
 from mastosync.storage.limits import Timetable
 
 COUNTERS = ("records", "copied", "skipped", "missing", "failed", "bytes", "retries", "private", "kept")
-SEVERITY = (70, 2, 143, 130, 1)  # of the workers' exit codes, the one the parent exits with, first first
 
 
 def processes_for(value: str) -> int:

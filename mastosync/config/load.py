@@ -124,8 +124,6 @@ def _section(name: str, cls: type, table: dict[str, Any], environ: typing.Mappin
             values[key] = _from_env(where, environ[env], hints[key], f.metadata)
         elif key in table:
             values[key] = _coerce(where, table[key], hints[key], f.metadata)
-        elif f.metadata.get("required"):
-            raise ConfigError(where, f"required key is missing (or set {env})")
         else:
             if f.metadata.get("parse") == "path" and base is not None and f.default:
                 values[key] = _from_base(base, str(Path(str(f.default)).expanduser()))

@@ -34,10 +34,6 @@ def _opt(default: T, **meta: Any) -> T:
     return made
 
 
-def _required(**meta: Any) -> Any:
-    return field(metadata={**meta, "required": True})
-
-
 @dataclass(frozen=True)
 class DatabaseSettings:
     host: str = _opt("127.0.0.1")

@@ -47,7 +47,6 @@ def jobs_for(obj: layout.MediaObject, source_prefix: str, destination_prefix: st
     return job
 
 
-Action = Callable[[Job], Awaitable[None]]
 Annotate = Callable[[list[Job]], Awaitable[None]]
 BATCH_OBJECTS = 1000  # objects looked up together by listing (one ListObjectsV2 page)
 LOOKAHEAD = 4  # batches being listed at once, ahead of the copies

@@ -83,7 +83,6 @@ class Response:
         self.headers = raw.headers  # case-insensitive
         self.content_length = raw.content_length
         self._deadline = deadline
-        self._read = 0
         self.on_release: Callable[[], None] | None = None
 
     @property
@@ -105,7 +104,6 @@ class Response:
                     filled += len(chunk)
         except BaseException as exc:
             raise _translate(exc, "reading the body") from None
-        self._read += filled
         return filled
 
     async def read(self, limit: int = 1 << 26) -> bytes:
