@@ -23,7 +23,7 @@ from mastosync.mastodon import layout, records
 from mastosync.request import Request, filters_for
 from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store, make_store, needs_ssh
-from mastosync.storage.base import UNTOLD, Head, UploadEvents
+from mastosync.storage.base import UNTOLD, ObjectAttrs, UploadEvents
 from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
                                                                   acl=settings.destination.acl,
                                                                   tpslimit=settings.sync.tpslimit, events=events))
         source = destination = store
-        checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, extra=store.headers_for(Head(0), False)),
+        checks: asyncio.Future[Any] = asyncio.gather(store.check(write=write, attrs=ObjectAttrs()),
                                                      return_exceptions=True)
     else:
         source = await stack.enter_async_context(
@@ -135,8 +135,8 @@ async def connect(stack: contextlib.AsyncExitStack, settings: Settings, request:
         # Both at once, and while the database is asked what to do: each check is a round
         # trip or two to a provider that may be far away. The write check sends what every
         # copy sends (ACL, storage class), so a bucket that refuses them is found now.
-        checks = asyncio.gather(source.check(), destination.check(
-            write=write, extra=destination.headers_for(Head(0), False)), return_exceptions=True)
+        checks = asyncio.gather(source.check(), destination.check(write=write, attrs=ObjectAttrs()),
+                                return_exceptions=True)
     try:
         queries: dict[str, records.Query | None] = {}
         retry_queries: dict[str, records.Query | None] = {}

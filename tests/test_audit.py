@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mastosync.storage.base import ObjectAttrs
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
@@ -139,8 +140,8 @@ async def test_fix_over_5_gib_copies_in_parts(moto: S3Server, monkeypatch) -> No
         settings = DestinationSettings(bucket=bucket, endpoint=proxy.endpoint, access_key_id=moto.access_key,
                                        secret_access_key=moto.secret_key)
         async with s3.Bucket(settings, 4) as b:
-            await b.replace_headers("v.mp4", {"content-type": "video/mp4", "cache-control": MASTODON_CC,
-                                              "x-amz-acl": "public-read"}, len(data))
+            # Written as the destination's acl says (public-read), not private.
+            await b.set_attrs("v.mp4", ObjectAttrs("video/mp4", MASTODON_CC, private=False), len(data))
         assert proxy.count("UploadPartCopy") == 3 and proxy.count("GetObject", "UploadPart", "PutObject") == 0
     finally:
         proxy.stop()

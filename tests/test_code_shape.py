@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
@@ -40,15 +41,26 @@ def test_imports_point_one_way(package: str) -> None:
     assert not wrong, wrong
 
 
+def callbacks_assigned(package: Path) -> list[str]:
+    """`x.on_something = ...` or `x.attr = lambda ...` on another object than self."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Assign):
+                continue
+            targets = [t for target in node.targets
+                       for t in (target.elts if isinstance(target, ast.Tuple) else [target])]
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value] * len(targets)
+            for target, value in zip(targets, values, strict=False):
+                if not isinstance(target, ast.Attribute) or (isinstance(target.value, ast.Name)
+                                                             and target.value.id == "self"):
+                    continue
+                if target.attr.startswith("on_") or isinstance(value, ast.Lambda):
+                    found.append(f"{path.relative_to(package.parent)}:{node.lineno} {target.attr}")
+    return found
+
+
 def test_no_part_is_wired_by_assigning_callbacks() -> None:
     """Parts get their collaborators (events above all) when they are made, not as
-    `x.on_something = ...` afterwards."""
-    assigned = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign):
-                for target in node.targets:
-                    if (isinstance(target, ast.Attribute) and target.attr.startswith("on_")
-                            and not (isinstance(target.value, ast.Name) and target.value.id == "self")):
-                        assigned.append(f"{path.relative_to(ROOT)}:{node.lineno} {target.attr}")
-    assert not assigned, assigned
+    callbacks assigned to their attributes afterwards."""
+    assert not (assigned := callbacks_assigned(PACKAGE)), assigned

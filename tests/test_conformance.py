@@ -31,9 +31,9 @@ from mastosync.engine.outcome import Proof, Status
 from mastosync.engine.transfer import Copier
 from mastosync.errors import BucketError
 from mastosync.storage import Body
-from mastosync.storage.base import Head
+from mastosync.storage.base import Head, ObjectAttrs
 from mastosync.storage.retry import RetryPolicy
-from mastosync.storage.s3 import Bucket, _retry_after, upload_extra
+from mastosync.storage.s3 import Bucket, _retry_after
 from tests.conftest import ROOT, MastodonDb, new_bucket, start_server, write_config
 from tests.services import instance
 from tests.services.faultproxy import FaultProxy
@@ -209,7 +209,7 @@ async def test_write_check_sends_acl_and_storage_class_under_the_prefix(moto: S3
         settings = side(moto, bucket, proxy.endpoint, DestinationSettings, key_prefix="media", acl="public-read",
                         storage_class="STANDARD_IA")
         async with Bucket(settings, 4) as b:
-            await b.check(write=True, extra=upload_extra(settings, Head(0)))
+            await b.check(write=True, attrs=ObjectAttrs())
         written = dict(proxy.counters.acl)
         headers = set(proxy.counters.headers)
     assert written == {f"/{bucket}/media/.mastosync-write-check": "public-read"}
@@ -227,7 +227,7 @@ async def test_a_bucket_refusing_acl_or_class_fails_the_check(moto: S3Server, re
         settings = side(moto, bucket, proxy.endpoint, DestinationSettings, storage_class="GLACIER_IR")
         async with Bucket(settings, 4, label="destination") as b:
             with pytest.raises(BucketError, match="refuses what each copy sends.*destination.acl"):
-                await b.check(write=True, extra=upload_extra(settings, Head(0)))
+                await b.check(write=True, attrs=ObjectAttrs())
 
 
 async def test_a_refused_abort_fails_the_write_check(s3: S3Server) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mastosync.storage.base import ObjectAttrs
 from tests.conftest import ROOT, MastodonDb, new_bucket, run_cli, write_config
 from tests.reliability.helpers import summary_row
 from tests.services import instance
@@ -424,7 +425,7 @@ async def test_owner_of_written_files(tmp_path: Path, ssh_server: AsyncsshServer
         pytest.skip("giving files to another user needs root (checked: refused without it)")
     async with FolderStore(local, "destination") as store:
         await store.check(write=True)
-        await store.put(key, b"\x89PNG\r\n\x1a\n", "", store.headers_for(instance_head(), False, 0o600))
+        await store.put(key, b"\x89PNG\r\n\x1a\n", "", ObjectAttrs.of(instance_head(), False, 0o600))
     written = tmp_path / key
     assert (written.stat().st_uid, written.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
@@ -438,7 +439,7 @@ async def test_owner_of_written_files(tmp_path: Path, ssh_server: AsyncsshServer
         files = SftpFiles(tunnel, str(remote), "destination", owner=f"{nobody.pw_uid}:{nobody.pw_gid}")
         async with FolderStore(files, "destination") as store:
             await store.check(write=True)
-            await store.put(key, b"GIF89a", "", store.headers_for(instance_head(), False))
+            await store.put(key, b"GIF89a", "", ObjectAttrs.of(instance_head(), False))
         by_name = SftpFiles(tunnel, str(remote), "destination", owner="nobody")
         with pytest.raises(FolderError, match="give it as uid:gid"):  # this SSH server runs no commands
             await by_name.check(write=True)

@@ -14,7 +14,7 @@ import pytest
 
 from mastosync.config.settings import BucketSettings
 from mastosync.errors import BucketError
-from mastosync.storage.base import NotFound, Permanent, Throttled, Transient
+from mastosync.storage.base import NotFound, ObjectAttrs, Permanent, Throttled, Transient, content_md5
 from mastosync.storage.retry import Pacer
 from mastosync.storage.s3 import Bucket, answer_error, bucket_url
 from tests.conftest import new_bucket, start_server
@@ -203,9 +203,8 @@ async def test_requests_carry_no_unsigned_extras(s3: S3Server) -> None:
         config = settings(bucket=bucket, endpoint=proxy.endpoint, access_key_id=s3.access_key,
                           secret_access_key=s3.secret_key)
         async with Bucket(config, 4) as b:
-            from mastosync.storage.base import content_md5
-            await b.put("k.bin", b"data", content_md5(b"data"), {})
-            upload_id = await b.start_multipart("big.bin", {})
+            await b.put("k.bin", b"data", content_md5(b"data"), ObjectAttrs())
+            upload_id = await b.start_multipart("big.bin", ObjectAttrs())
             await b.abort_multipart("big.bin", upload_id)
         sent = {h for h in proxy.counters.headers}
     assert "PutObject content-md5" in sent and "PutObject authorization" in sent

@@ -27,7 +27,7 @@ from mastosync.errors import MastosyncError
 from mastosync.mastodon import layout, records, version
 from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store, make_store
-from mastosync.storage.base import Head, StorageError
+from mastosync.storage.base import Head, ObjectAttrs, StorageError
 from mastosync.storage.retry import RetryPolicy
 
 SAMPLE_RECORDS = 5  # per type, the first by id: the oldest files, the likeliest to be gone
@@ -187,7 +187,7 @@ async def _destination(stack: contextlib.AsyncExitStack, settings: Settings, tun
     try:
         store: Store = await stack.enter_async_context(
             make_store(side, "destination", concurrency + 8, settings.sync.timeout, tunnel))
-        await store.check(write=True, extra=store.headers_for(Head(0), False))
+        await store.check(write=True, attrs=ObjectAttrs())
     except MastosyncError as exc:
         return Row("destination", False, str(exc), "see [destination]")
     found.destination = store

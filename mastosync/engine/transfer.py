@@ -31,14 +31,13 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from mastosync.engine.etags import MultipartEtags, md5_of, part_size_for
 from mastosync.engine.events import QUIET, Events
 from mastosync.engine.memory import MemoryBudget
 from mastosync.engine.outcome import Outcome, Proof, Status
 from mastosync.storage import Body, ServerSideCopy, Store
-from mastosync.storage.base import ABSENT, Head, Known, NotFound, StorageError, Transient
+from mastosync.storage.base import ABSENT, Head, Known, NotFound, ObjectAttrs, StorageError, Transient
 from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT
@@ -201,11 +200,11 @@ class Copier:
         try:
             if head.content_type is None and how.content_type:  # a file whose bytes said nothing
                 head = dataclasses.replace(head, content_type=how.content_type)
-            extra = self.destination.headers_for(head, how.private, how.mode)
+            attrs = ObjectAttrs.of(head, how.private, how.mode)
             if head.size <= self.multipart_threshold:
-                proof, note = await self._single(body, head, destination_key, extra, mismatched)
+                proof, note = await self._single(body, head, destination_key, attrs, mismatched)
             else:
-                proof, note = await self._multipart(body, head, destination_key, extra, mismatched)
+                proof, note = await self._multipart(body, head, destination_key, attrs, mismatched)
         finally:
             await body.aclose()
         return Outcome(Status.COPIED, head.size, proof=proof, note=note, size=head.size)
@@ -251,7 +250,7 @@ class Copier:
                 await self._copy_in_parts(copier, source_key, destination_key, head, private)
             else:
                 await copier.copy(self.source, source_key, destination_key,
-                                  self.destination.headers_for(Head(0), private))
+                                  ObjectAttrs(private=private))
         except NotFound as exc:
             if exc.code == "NoSuchKey":  # of the copy source
                 raise SourceMissing(source_key) from None
@@ -262,7 +261,7 @@ class Copier:
                              private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
         part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
-        upload_id = await self.destination.start_multipart(key, self.destination.headers_for(head, private))
+        upload_id = await self.destination.start_multipart(key, ObjectAttrs.of(head, private))
         try:
             etags: list[str] = []
             for number, first in enumerate(range(0, head.size, part), start=1):
@@ -274,7 +273,7 @@ class Copier:
             await asyncio.shield(self.destination.abort_multipart(key, upload_id))
             raise
 
-    async def _single(self, body: Body, head: Head, key: str, extra: dict[str, Any],
+    async def _single(self, body: Body, head: Head, key: str, attrs: ObjectAttrs,
                       mismatched: str | None) -> tuple[Proof, str | None]:
         held = await self.budget.acquire(head.size)
         try:
@@ -291,17 +290,17 @@ class Copier:
                 else:
                     raise ContentMismatch(f"GET {key}: the bytes read do not have the source's MD5 "
                                           f"(ETag {head.md5}, read {digest.hex()})", digest.hex())
-            await self._put(key, data, base64.b64encode(digest).decode(), extra)
+            await self._put(key, data, base64.b64encode(digest).decode(), attrs)
             return proof, note
         finally:
             await self.budget.release(held)
 
-    async def _multipart(self, body: Body, head: Head, key: str, extra: dict[str, Any],
+    async def _multipart(self, body: Body, head: Head, key: str, attrs: ObjectAttrs,
                          mismatched: str | None) -> tuple[Proof, str | None]:
         part_size = part_size_for(head.size, self.part_size)
         etags_of_source = MultipartEtags(head.size, head.etag or "", part_size)
         whole = hashlib.md5() if head.md5 is not None else None  # a single-part source over the threshold
-        upload_id = await self.destination.start_multipart(key, extra)
+        upload_id = await self.destination.start_multipart(key, attrs)
         try:
             etags: list[str] = []
             remaining = head.size
@@ -337,9 +336,9 @@ class Copier:
             return self._weakest, None
         return self._weakest, "the source's multipart ETag could not be recomputed (part size unknown)"
 
-    async def _put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, Any]) -> None:
+    async def _put(self, key: str, data: bytes | bytearray, md5: str, attrs: ObjectAttrs) -> None:
         """The PUT of a body in hand, retried alone (a few times): a fresh GET only if that fails."""
-        await self._in_place.call(lambda: self.destination.put(key, data, md5, extra),
+        await self._in_place.call(lambda: self.destination.put(key, data, md5, attrs),
                           on_retry=lambda attempt, error: self._retrying(key, attempt, error))
 
     async def _part(self, key: str, upload_id: str, number: int, data: bytes | bytearray, digest: bytes) -> str:

@@ -5,8 +5,9 @@
     kind = "sftp"        folders.FolderStore     a folder on the [ssh] host (sftpfiles)
 
 Every command works for every pair: the copier reads with `get`, writes with `put` or a
-multipart upload, and learns sizes with `head` and `sizes_between`; what differs (a
-bucket's ACL, a file's mode) is in the headers each store makes with `headers_for`.
+multipart upload, and learns sizes with `head` and `sizes_between`. What an object is
+written with is an ObjectAttrs (type, cache control, private, mode); each store keeps what
+it can of it (a bucket: headers and an ACL; a folder: the file's mode).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mastosync.config.settings import BucketSettings, DestinationSettings
-from mastosync.storage.base import UNTOLD, Head, UploadEvents
+from mastosync.storage.base import UNTOLD, Head, ObjectAttrs, UploadEvents
 from mastosync.storage.limits import request_limit
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.s3 import Bucket
@@ -31,8 +32,8 @@ class Body(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Store(Protocol):
-    """What every backend is (mypy proves Bucket and FolderStore conform: make_store returns one)."""
+class Objects(Protocol):
+    """The core every backend has: an object's head, its bytes in and out, key ranges listed."""
 
     label: str
     keeps_metadata: bool  # headers, ETags, Content-MD5 checks: a bucket; a folder keeps bytes only
@@ -54,17 +55,15 @@ class Store(Protocol):
     def ensure_up(self, what: str) -> None: ...
 
     async def check(self, write: bool = False, policy: RetryPolicy | None = None,
-                    extra: dict[str, str] | None = None) -> None: ...
-
-    def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]: ...
+                    attrs: ObjectAttrs | None = None) -> None: ...
 
     async def head(self, key: str) -> Head | None: ...
 
     async def get(self, key: str) -> tuple[Head, Body]: ...
 
-    async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None: ...
+    async def put(self, key: str, data: bytes | bytearray, md5: str, attrs: ObjectAttrs) -> None: ...
 
-    async def start_multipart(self, key: str, extra: dict[str, str]) -> str: ...
+    async def start_multipart(self, key: str, attrs: ObjectAttrs) -> str: ...
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray,
                           md5: str | None = None) -> str: ...
@@ -78,9 +77,20 @@ class Store(Protocol):
 
     def list_pages(self, prefix: str) -> AsyncIterator[list[tuple[str, int, float | None]]]: ...
 
+
+class Visibility(Protocol):
+    """Who may read an object, after it is written: a bucket's ACL, a file's mode (run's
+    visibility pass, verify's check, audit and fix)."""
+
     async def public_read(self, key: str) -> bool: ...
 
     async def put_acl(self, key: str, acl: str) -> None: ...
+
+    async def set_attrs(self, key: str, attrs: ObjectAttrs, size: int = 0) -> None: ...
+
+
+class Admin(Protocol):
+    """What the checks before and around a run ask of the place (check, audit, fix)."""
 
     async def keeps_versions(self) -> bool: ...
 
@@ -90,14 +100,17 @@ class Store(Protocol):
 
     async def free_bytes(self) -> int | None: ...
 
-    async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None: ...
+
+class Store(Objects, Visibility, Admin, Protocol):
+    """What every backend is (mypy proves Bucket and FolderStore conform: make_store returns
+    one). Server-side copy is a capability only some have (ServerSideCopy)."""
 
 
 class ServerSideCopy(Protocol):
     """A capability, not every store's: copying from another store on the same endpoint and
     account, the bytes never passing through mastosync (a bucket: CopyObject, UploadPartCopy)."""
 
-    async def copy(self, source: Any, source_key: str, key: str, extra: dict[str, str]) -> None: ...
+    async def copy(self, source: Any, source_key: str, key: str, attrs: ObjectAttrs) -> None: ...
 
     async def copy_part(self, source: Any, source_key: str, key: str, upload_id: str, number: int,
                         first: int, last: int) -> str: ...

@@ -89,6 +89,27 @@ class Head:
         return etag if PLAIN_MD5.match(etag) and not self.encrypted else None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectAttrs:
+    """How an object is written: what Mastodon's upload would have stored with it. Each store
+    keeps what it can: a bucket as headers (Content-Type, Cache-Control, the ACL, or `private`,
+    the storage class, the source's other stored headers), a folder as the file's mode."""
+
+    content_type: str | None = None
+    cache_control: str | None = None
+    private: bool = False  # kept from the public: a private ACL, or a mode only Mastodon reads
+    mode: int = 0o644  # a folder's file
+    metadata: tuple[tuple[str, str], ...] = ()  # other stored headers (x-amz-meta-*, ...), lower-case
+    # A rewrite in place (fix) sends these again, or CopyObject resets them: the storage
+    # class, server-side encryption, a website redirect (Head.kept_in_place).
+    kept_in_place: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, head: Head, private: bool, mode: int = 0o644) -> ObjectAttrs:
+        """An object written as `head` says it was stored, private or not."""
+        return cls(head.content_type, head.cache_control, private, mode, head.metadata)
+
+
 def content_md5(data: bytes | bytearray) -> str:
     """The Content-MD5 header of a body: the server refuses it (BadDigest) if damaged on the way."""
     return base64.b64encode(hashlib.md5(data).digest()).decode()

@@ -26,7 +26,16 @@ from types import TracebackType
 from typing import Protocol
 
 from mastosync.errors import FolderError
-from mastosync.storage.base import UNTOLD, Head, NotFound, Permanent, StorageError, Transient, UploadEvents
+from mastosync.storage.base import (
+    UNTOLD,
+    Head,
+    NotFound,
+    ObjectAttrs,
+    Permanent,
+    StorageError,
+    Transient,
+    UploadEvents,
+)
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES, content_type
 
@@ -34,7 +43,6 @@ from mastosync.storage.sniff import SNIFF_BYTES, content_type
 MASTODON_CACHE_CONTROL = "public, max-age=315576000, immutable"
 PARTIAL_SUFFIX = ".mastosync-partial"
 FIRST_READ = 64 * 1024  # read with the open: a small file then needs no second request
-MODE_KEY = "mode"  # the one "header" a folder takes: the file's mode, octal
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +160,8 @@ class FolderStore:
         pass  # a folder has no endpoint to declare down: its errors speak for themselves
 
     async def check(self, write: bool = False, policy: RetryPolicy | None = None,
-                    extra: dict[str, str] | None = None) -> None:
+                    attrs: ObjectAttrs | None = None) -> None:
         await self.files.check(write)
-
-    def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]:
-        return {MODE_KEY: oct(mode)}
 
     # -- reading --------------------------------------------------------------------------
 
@@ -224,15 +229,13 @@ class FolderStore:
     async def put_acl(self, key: str, acl: str) -> None:
         await self.files.chmod(key, 0o600 if acl == "private" else 0o644)
 
-    async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None:
-        mode = headers.get(MODE_KEY)
-        if mode is not None:  # a file has no headers; its mode is what stands for an ACL
-            await self.files.chmod(key, int(mode, 8))
+    async def set_attrs(self, key: str, attrs: ObjectAttrs, size: int = 0) -> None:
+        await self.files.chmod(key, attrs.mode)  # a file has no headers; its mode stands for an ACL
 
     # -- writing --------------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None:
-        writer = await self._open(key, extra, self._temporary_for(key))
+    async def put(self, key: str, data: bytes | bytearray, md5: str, attrs: ObjectAttrs) -> None:
+        writer = await self._open(key, attrs, self._temporary_for(key))
         try:
             await writer.write(data)
             await writer.commit()
@@ -240,13 +243,13 @@ class FolderStore:
             await writer.discard()
             raise
 
-    async def start_multipart(self, key: str, extra: dict[str, str]) -> str:
+    async def start_multipart(self, key: str, attrs: ObjectAttrs) -> str:
         # The id is the temporary file, what an abort removes. It is recorded before the file
         # exists: a crash at any moment leaves nothing the next run does not know of.
         upload_id = self._temporary_for(key)
         self.events.upload_started(key, upload_id)
         try:
-            self._writers[upload_id] = await self._open(key, extra, upload_id)
+            self._writers[upload_id] = await self._open(key, attrs, upload_id)
         except BaseException:
             self.events.upload_ended(key, upload_id)
             raise
@@ -281,12 +284,12 @@ class FolderStore:
         folder, _, name = key.rpartition("/")
         return f"{folder}/" * bool(folder) + f".{name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
 
-    async def _open(self, key: str, extra: dict[str, str], temporary: str) -> Writer:
+    async def _open(self, key: str, attrs: ObjectAttrs, temporary: str) -> Writer:
         folder = key.rpartition("/")[0]
         if folder and folder not in self._made:
             await self.files.make_dirs(folder)
             self._made.add(folder)
-        return await self.files.open_writer(temporary, key, int(extra.get(MODE_KEY, "0o644"), 8))
+        return await self.files.open_writer(temporary, key, attrs.mode)
 
 
 def is_partial(key: str) -> bool:

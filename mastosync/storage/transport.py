@@ -77,13 +77,14 @@ def _translate(exc: BaseException, what: str) -> BaseException:
 class Response:
     """Status, headers, and the body to read (once) before release()."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, deadline: float) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, deadline: float,
+                 on_release: Callable[[], None] | None = None) -> None:
         self._raw = raw
         self.status = raw.status
         self.headers = raw.headers  # case-insensitive
         self.content_length = raw.content_length
         self._deadline = deadline
-        self.on_release: Callable[[], None] | None = None
+        self.on_release = on_release  # called once, when the answer is released
 
     @property
     def complete(self) -> bool:
@@ -159,10 +160,11 @@ class Transport:
                                      trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
 
     async def request(self, method: str, target: str, headers: dict[str, str],
-                      body: bytes | bytearray = b"") -> Response:
+                      body: bytes | bytearray = b"", on_release: Callable[[], None] | None = None) -> Response:
         """Send one request; returns once the answer's head is in (its body still to read).
 
         `target` is the path and query, already encoded as signed: it is sent verbatim.
+        `on_release` is called when the answer is released (not when no answer came).
         """
         if self._session is None:
             self._session = self._open()
@@ -182,7 +184,7 @@ class Transport:
                     allow_redirects=False, proxy=self.proxy, proxy_auth=self.proxy_auth)
         except BaseException as exc:
             raise _translate(exc, f"{method} {target.split('?')[0]}") from None
-        return Response(raw, self._read_timeout)
+        return Response(raw, self._read_timeout, on_release)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -16,7 +16,7 @@ from mastosync.engine.plan import Job
 from mastosync.engine.steps.check import head_of
 from mastosync.mastodon import layout
 from mastosync.storage import Store, sniff
-from mastosync.storage.base import ABSENT, Head, NotFound, StorageError, Transient
+from mastosync.storage.base import ABSENT, Head, NotFound, ObjectAttrs, StorageError, Transient
 from mastosync.storage.folders import MASTODON_CACHE_CONTROL
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES
@@ -67,13 +67,13 @@ class Inspection:
         self.findings.append((status, reason))
 
 
-def expected_headers(side: Store, obj: layout.MediaObject, head: Head, content_type: str | None) -> dict[str, str]:
-    """The headers Mastodon would have written for this object: the stored ones, with the
-    Content-Type, Cache-Control and ACL set right (a folder takes only the mode from them)."""
-    fixed = Head(head.size, head.etag, content_type,
-                 head.cache_control if head.cache_control in GOOD_CACHE_CONTROL else MASTODON_CACHE_CONTROL,
-                 head.metadata)
-    return side.headers_for(fixed, obj.private, layout.file_mode(obj))
+def expected_attrs(obj: layout.MediaObject, head: Head, content_type: str | None) -> ObjectAttrs:
+    """What Mastodon would have written this object with: what is stored, with the
+    Content-Type, Cache-Control and visibility set right (a folder keeps only the mode), and
+    the storage class, encryption and redirect sent again (CopyObject would reset them)."""
+    cache_control = head.cache_control if head.cache_control in GOOD_CACHE_CONTROL else MASTODON_CACHE_CONTROL
+    return ObjectAttrs(content_type, cache_control, obj.private, layout.file_mode(obj), head.metadata,
+                       head.kept_in_place)
 
 
 def acceptable_types(obj: layout.MediaObject) -> set[str]:
@@ -187,12 +187,9 @@ class AuditStep:
                                     "without that key")
             return
         if repair_headers or self.folder:
-            headers = expected_headers(self.store, obj, head or Head(0), right_type)
-            if head is not None:
-                # Its storage class, encryption and redirect, sent again: CopyObject would reset them.
-                headers = {**headers, **dict(head.kept_in_place)}
+            attrs = expected_attrs(obj, head or Head(0), right_type)
             size = head.size if head is not None else 0
-            await self.policy.call(lambda: self.store.replace_headers(key, headers, size))  # the ACL with them
+            await self.policy.call(lambda: self.store.set_attrs(key, attrs, size))  # the ACL with them
         else:
             acl = "private" if obj.private else self.acl
             try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from mastosync.config.settings import BucketSettings, DestinationSettings
 from mastosync.sides import S3Side
-from mastosync.storage.base import (
-    Head,
-)
+from mastosync.storage.base import ObjectAttrs
 
 
 def bucket_url(settings: BucketSettings) -> tuple[str, str]:
@@ -15,7 +13,7 @@ def bucket_url(settings: BucketSettings) -> tuple[str, str]:
     return S3Side.of(settings).url()
 
 
-def upload_extra(side: BucketSettings, head: Head, private: bool = False, acl: str | None = None) -> dict[str, str]:
+def upload_extra(side: BucketSettings, attrs: ObjectAttrs, acl: str | None = None) -> dict[str, str]:
     """Headers of a written object: its stored headers, ACL and class from config.
 
     An object Mastodon keeps private gets `private` instead of the configured ACL, and
@@ -24,13 +22,14 @@ def upload_extra(side: BucketSettings, head: Head, private: bool = False, acl: s
     """
     destination = side if isinstance(side, DestinationSettings) else None
     acl = acl if acl is not None else destination.acl if destination is not None else ""
-    extra: dict[str, str] = dict(head.metadata)
-    if head.content_type:
-        extra["content-type"] = head.content_type
-    if head.cache_control:
-        extra["cache-control"] = head.cache_control
+    extra: dict[str, str] = dict(attrs.metadata)
+    if attrs.content_type:
+        extra["content-type"] = attrs.content_type
+    if attrs.cache_control:
+        extra["cache-control"] = attrs.cache_control
     if acl:
-        extra["x-amz-acl"] = "private" if private else acl
+        extra["x-amz-acl"] = "private" if attrs.private else acl
     if destination is not None and destination.storage_class:
         extra["x-amz-storage-class"] = destination.storage_class
+    extra.update(attrs.kept_in_place)
     return extra

@@ -47,6 +47,7 @@ from mastosync.storage.base import (
     UNTOLD,
     Head,
     NotFound,
+    ObjectAttrs,
     Permanent,
     StorageError,
     Transient,
@@ -175,9 +176,9 @@ class Bucket:
     def key_prefix(self) -> str:
         return self.settings.key_prefix
 
-    def headers_for(self, head: Head, private: bool, mode: int = 0o644) -> dict[str, str]:
-        """What a PUT of this object sends (a file's `mode` means nothing to a bucket)."""
-        return upload_extra(self.settings, head, private, self.acl)
+    def _headers(self, attrs: ObjectAttrs) -> dict[str, str]:
+        """What a write of this object sends (a file's `mode` means nothing to a bucket)."""
+        return upload_extra(self.settings, attrs, self.acl)
 
     async def __aenter__(self) -> Bucket:
         self._open_transport()
@@ -289,7 +290,10 @@ class Bucket:
         await self.pacer.acquire()
         held = True
         try:
-            response = await transport.request(method, target, signed, body)
+            # A streamed answer holds its pacing slot until its body is read and released.
+            response = await transport.request(method, target, signed, body,
+                                               on_release=self.pacer.release if stream else None)
+            held = not stream
             if response.status >= 300:
                 try:
                     error_body = await response.read(ERROR_BODY_LIMIT) if method != "HEAD" else b""
@@ -300,7 +304,6 @@ class Bucket:
                 self._correct(response, error_body, signed_with)  # raises _Redo when worth sending again
                 raise answer_error(what, response.status, error_body, _retry_after(response.headers))
             if stream:
-                response.on_release, held = self.pacer.release, False
                 data = b""
             else:
                 try:
@@ -386,18 +389,19 @@ class Bucket:
     # -- checks before a run -------------------------------------------------------------
 
     async def check(self, write: bool = False, policy: RetryPolicy | None = None,
-                    extra: dict[str, str] | None = None) -> None:
+                    attrs: ObjectAttrs | None = None) -> None:
         """Fail with BucketError if the bucket cannot be read (and written as the run will write).
 
         The read check lists under the key prefix, and the write check opens (and aborts) a
-        multipart upload under it with the headers every copy sends (`extra`: ACL, storage
+        multipart upload under it with the headers every copy sends (`attrs`: ACL, storage
         class), so credentials limited to the prefix pass, and a bucket that refuses an ACL
         or a storage class is found here, not after the first download. Transient answers
         (a 503, a reset) are retried a few times first. Both run at once; when both fail,
         the read error is the one told.
         """
         policy = policy or RetryPolicy(retries=4)
-        checks = [self._check_read(policy), *([self._check_write(policy, extra or {})] if write else [])]
+        checks = [self._check_read(policy),
+                  *([self._check_write(policy, self._headers(attrs or ObjectAttrs()))] if write else [])]
         for outcome in await asyncio.gather(*checks, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -492,18 +496,18 @@ class Bucket:
             size = head.size
         return _head(response.headers, size), Body(response, what)
 
-    async def put(self, key: str, data: bytes | bytearray, md5: str, extra: dict[str, str]) -> None:
+    async def put(self, key: str, data: bytes | bytearray, md5: str, attrs: ObjectAttrs) -> None:
         """Upload one object; `md5` is the Content-MD5 of `data` (base64), checked by the server.
 
         It is always the MD5 of the bytes, never the source's ETag: an ETag that looks like
         an MD5 is not one for SSE-KMS or SSE-C sources, and the destination would refuse
         every try (BadDigest). transfer.py compares the bytes with the ETag itself.
         """
-        await self._send("PUT", key, f"PUT {key}", headers={**extra, "content-md5": md5}, body=data)
+        await self._send("PUT", key, f"PUT {key}", headers={**self._headers(attrs), "content-md5": md5}, body=data)
 
-    async def copy(self, source: Bucket, source_key: str, key: str, extra: dict[str, str]) -> None:
+    async def copy(self, source: Bucket, source_key: str, key: str, attrs: ObjectAttrs) -> None:
         """Server-side copy from another bucket on the same endpoint and account (up to 5 GiB)."""
-        headers = {**extra, "x-amz-copy-source": self._copy_source(source, source_key),
+        headers = {**self._headers(attrs), "x-amz-copy-source": self._copy_source(source, source_key),
                    "x-amz-metadata-directive": "COPY"}
         # Headers of the object itself come from the source (COPY); only ACL and class are set.
         headers = {k: v for k, v in headers.items() if k in ("x-amz-acl", "x-amz-storage-class")
@@ -526,8 +530,8 @@ class Bucket:
             raise Transient(f"UploadPartCopy {number} of {key}: no ETag in the answer")
         return etag
 
-    async def start_multipart(self, key: str, extra: dict[str, str]) -> str:
-        upload_id = await self._start_multipart(key, extra)
+    async def start_multipart(self, key: str, attrs: ObjectAttrs) -> str:
+        upload_id = await self._start_multipart(key, self._headers(attrs))
         self.events.upload_started(key, upload_id)
         return upload_id
 
@@ -660,16 +664,16 @@ class Bucket:
     async def put_acl(self, key: str, acl: str) -> None:
         await self._send("PUT", key, f"PutObjectAcl {key}", {"acl": ""}, {"x-amz-acl": acl})
 
-    async def replace_headers(self, key: str, headers: dict[str, str], size: int = 0) -> None:
+    async def set_attrs(self, key: str, attrs: ObjectAttrs, size: int = 0) -> None:
         """The object's headers (and ACL) set in place: CopyObject onto itself, REPLACE; over
         CopyObject's 5 GiB, a multipart upload of itself by UploadPartCopy (no byte through us)."""
         if size <= MAX_COPY_OBJECT:
             await self._xml("PUT", key, f"COPY {key} onto itself", {},
-                            {**headers, "x-amz-copy-source": self._copy_source(self, key),
+                            {**self._headers(attrs), "x-amz-copy-source": self._copy_source(self, key),
                              "x-amz-metadata-directive": "REPLACE", "x-amz-tagging-directive": "COPY"})
             return
         part = max(COPY_PART_MIN, -(-size // MAX_PARTS))
-        upload_id = await self.start_multipart(key, headers)
+        upload_id = await self.start_multipart(key, attrs)
         try:
             etags = [await RETRIES.call(functools.partial(self.copy_part, self, key, key, upload_id, number, first,
                                                           min(first + part, size) - 1))
