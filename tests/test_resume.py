@@ -30,7 +30,7 @@ async def seed_many(db: MastodonDb, s3: S3Server, bucket: str, rows: int, large:
         part = f"000/{i // 1000:03d}/{i % 1000:03d}"
         original = f"media_attachments/files/{part}/original/{name}"
         small = f"media_attachments/files/{part}/small/" + (f"v{i}.png" if video else name)
-        objects[original] = body(original, 20 * MiB if video else 2000 + 37 * i, ct)
+        objects[original] = body(original, 6 * MiB if video else 2000 + 37 * i, ct)  # two 5 MiB parts
         objects[small] = body(small, 1500, "image/png")
     await db.insert("media_attachments", table)
     for key, data in objects.items():
@@ -48,7 +48,8 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
     try:
         config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src),
                               destination=(moto, dst), destination_endpoint=proxy.endpoint,
-                              extra={"sync": {"concurrency": 4, "progress_interval": 0.5}})
+                              extra={"sync": {"concurrency": 4, "progress_interval": 0.5,
+                                              "multipart_threshold": "5MiB", "part_size": "5MiB"}})
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
         proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--config", str(config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
