@@ -351,10 +351,8 @@ def test_part_size_scales_to_the_part_limit(size: int, expected: int) -> None:
 
 async def test_server_side_copy_in_parts(moto: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """Objects over CopyObject's 5 GiB go by UploadPartCopy (limits lowered to test it small)."""
-    import mastosync.engine.transfer as transfer
-
-    monkeypatch.setattr(transfer, "MAX_COPY_OBJECT", 6 * MiB)
-    monkeypatch.setattr(transfer, "COPY_PART_MIN", 5 * MiB)
+    monkeypatch.setattr(Bucket, "max_copy_object", 6 * MiB)
+    monkeypatch.setattr(Bucket, "copy_part_min", 5 * MiB)
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
     data = os.urandom(12 * MiB)
     moto.client.put_object(Bucket=src, Key="v.mp4", Body=data, ContentType="video/mp4", CacheControl=instance.CC)

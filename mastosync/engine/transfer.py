@@ -40,7 +40,6 @@ from mastosync.storage import Body, ServerSideCopy, Store
 from mastosync.storage.base import ABSENT, Head, Known, NotFound, ObjectAttrs, StorageError, Transient
 from mastosync.storage.limits import RateLimit
 from mastosync.storage.retry import RetryPolicy
-from mastosync.storage.s3 import COPY_PART_MIN, MAX_COPY_OBJECT
 
 MiB = 1024 * 1024
 
@@ -240,13 +239,13 @@ class Copier:
                            private: bool) -> Outcome:
         # Only between two buckets of one account on one endpoint (config.same_place_as).
         head = None
-        if size is None or size > MAX_COPY_OBJECT:
+        if size is None or size > copier.max_copy_object:
             head = await self.source.head(source_key)
             if head is None:
                 raise SourceMissing(source_key)
             size = head.size
         try:
-            if head is not None and head.size > MAX_COPY_OBJECT:
+            if head is not None and head.size > copier.max_copy_object:
                 await self._copy_in_parts(copier, source_key, destination_key, head, private)
             else:
                 await copier.copy(self.source, source_key, destination_key,
@@ -260,7 +259,7 @@ class Copier:
     async def _copy_in_parts(self, copier: ServerSideCopy, source_key: str, key: str, head: Head,
                              private: bool) -> None:
         """Server-side copy of an object over 5 GiB: UploadPartCopy of byte ranges."""
-        part = max(part_size_for(head.size, self.part_size), COPY_PART_MIN)
+        part = max(part_size_for(head.size, self.part_size), copier.copy_part_min)
         upload_id = await self.destination.start_multipart(key, ObjectAttrs.of(head, private))
         try:
             etags: list[str] = []

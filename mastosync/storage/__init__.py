@@ -110,6 +110,9 @@ class ServerSideCopy(Protocol):
     """A capability, not every store's: copying from another store on the same endpoint and
     account, the bytes never passing through mastosync (a bucket: CopyObject, UploadPartCopy)."""
 
+    max_copy_object: int  # the largest object copied in one request; larger ones go by parts
+    copy_part_min: int  # the smallest part worth a request when copying by parts
+
     async def copy(self, source: Any, source_key: str, key: str, attrs: ObjectAttrs) -> None: ...
 
     async def copy_part(self, source: Any, source_key: str, key: str, upload_id: str, number: int,

@@ -143,6 +143,9 @@ class Bucket:
 
     # Headers and an ETag with every object; every PUT and part carries a Content-MD5 the server checks.
     keeps_metadata = True
+    # Server-side copy's limits (ServerSideCopy): CopyObject's largest, then UploadPartCopy's parts.
+    max_copy_object = MAX_COPY_OBJECT
+    copy_part_min = COPY_PART_MIN
 
     def __init__(self, settings: BucketSettings, pool_size: int, timeout: float = 60.0,
                  label: str = "bucket", acl: str | None = None, tps: RateLimit | None = None,
