@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+# What Mastodon sends with every upload (config/initializers/paperclip.rb s3_headers).
+MASTODON_CACHE_CONTROL = "public, max-age=315576000, immutable"
+
 # How a type decides that a record is not local (so its files may live under cache/).
 REMOTE_IF_DOMAIN = "domain"  # accounts, custom_emojis: domain IS NOT NULL
 REMOTE_IF_REMOTE_URL = "remote_url"  # media_attachments: remote_url not blank

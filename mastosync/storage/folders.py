@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Protocol
 
 from mastosync.errors import FolderError
+from mastosync.mastodon.layout import MASTODON_CACHE_CONTROL
 from mastosync.storage.base import (
     UNTOLD,
     Head,
@@ -39,8 +40,6 @@ from mastosync.storage.base import (
 from mastosync.storage.retry import Pacer, RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES, content_type
 
-# What Mastodon sends with every upload (config/initializers/paperclip.rb s3_headers).
-MASTODON_CACHE_CONTROL = "public, max-age=315576000, immutable"
 PARTIAL_SUFFIX = ".mastosync-partial"
 FIRST_READ = 64 * 1024  # read with the open: a small file then needs no second request
 

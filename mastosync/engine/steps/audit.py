@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from mastosync.engine.plan import Job
 from mastosync.engine.steps.check import head_of
 from mastosync.mastodon import layout
+from mastosync.mastodon.layout import MASTODON_CACHE_CONTROL
 from mastosync.storage import Store, sniff
 from mastosync.storage.base import ABSENT, Head, NotFound, ObjectAttrs, StorageError, Transient
-from mastosync.storage.folders import MASTODON_CACHE_CONTROL
 from mastosync.storage.retry import RetryPolicy
 from mastosync.storage.sniff import SNIFF_BYTES
 
