@@ -76,15 +76,15 @@ async def test_faults_on_both_sides(tmp_path: Path, mastodon_db: MastodonDb, s3:
 
 
 @pytest.mark.parametrize("outage", ["refused", "reset"])
-async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server,
+async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server,
                                           outage: str) -> None:
     """Down for good: connections refused, or every request reset (the worse case: each
     request connects, then fails). The run stops once nothing but failures has come back
     for sync.timeout, without asyncio's warnings; the next run completes."""
-    inst, src = await seeded(mastodon_db, moto, media=80)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, latency=0.02) as proxy:
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+    inst, src = await seeded(mastodon_db, rclone, media=80)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, latency=0.02) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy,
                                      **{**FAST_SYNC, "timeout": 3, "concurrency": 4})
         proc = start_run(config)
         wait_stored(proxy, 30, proc)
@@ -106,27 +106,27 @@ async def test_destination_down_then_back(tmp_path: Path, mastodon_db: MastodonD
         assert len(lines) == 1 and "nothing but failures" in lines[0] and "stopped" in lines[0], err
         assert "socket.send() raised exception" not in err
         # nothing half-written: whatever reached the destination is whole
-        for key in moto.keys(dst):
-            assert moto.get(dst, key)[0] == inst.expected()[key].data
+        for key in rclone.keys(dst):
+            assert rclone.get(dst, key)[0] == inst.expected()[key].data
         # An upload cut by the outage could not be aborted (nothing answers): the next run does it.
-        open_during_outage = len(moto.open_uploads(dst))
+        open_during_outage = len(rclone.open_uploads(dst))
 
         proxy.set_down(False)
         proxy.set_faults()
         again = run_cli("run", config=config)
         assert again.returncode == 0, again.stderr
-        assert_exact(moto, dst, inst)  # includes: no multipart upload left open
+        assert_exact(rclone, dst, inst)  # includes: no multipart upload left open
         if open_during_outage:
             assert "aborted" in again.stdout
         assert_no_secrets(SECRETS, out, err, again.stdout, again.stderr, state_dir=tmp_path / "state")
 
 
 async def test_throttling_storm_slows_down_then_completes(tmp_path: Path, mastodon_db: MastodonDb,
-                                                          moto: S3Server) -> None:
-    inst, src = await seeded(mastodon_db, moto, media=180, video=1000)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, seed=5, latency=0.01) as proxy:
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+                                                          rclone: S3Server) -> None:
+    inst, src = await seeded(mastodon_db, rclone, media=180, video=1000)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, seed=5, latency=0.01) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy,
                                      **{**FAST_SYNC, "concurrency": 16})
         proc = start_run(config)
         wait_stored(proxy, 40, proc)
@@ -150,14 +150,14 @@ async def test_throttling_storm_slows_down_then_completes(tmp_path: Path, mastod
         print(f"\nthrottling storm: {before:.1f} requests in flight before, {during:.1f} during; "
               f"retries {summary_row(out)['retries']}")
         assert during < before / 2, (before, during)
-        assert_exact(moto, dst, inst)
+        assert_exact(rclone, dst, inst)
 
 
-async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
-    inst, src = await seeded(mastodon_db, moto, media=120, video=1000)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, latency=0.01) as proxy:
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
+    inst, src = await seeded(mastodon_db, rclone, media=120, video=1000)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, latency=0.01) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy,
                                      **{**FAST_SYNC, "db_batch": 20, "concurrency": 4})
         proc = start_run(config)
         wait_stored(proxy, 60, proc)
@@ -166,7 +166,7 @@ async def test_postgres_restart_mid_run(tmp_path: Path, mastodon_db: MastodonDb,
         assert proc.returncode == 0, err
         assert "reconnecting" in err
         assert all(n == 1 for n in proxy.counters.stored.values())  # nothing copied twice
-        assert_exact(moto, dst, inst)
+        assert_exact(rclone, dst, inst)
 
 
 async def test_weird_but_valid_data(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
@@ -235,16 +235,16 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, text: str, args: list[str],
 
 @pytest.mark.parametrize("signum,code", [(15, 143)])  # SIGINT: test_a_second_ctrl_c_stops_at_once
 async def test_stop_takes_only_as_long_as_copies_in_flight(tmp_path: Path, mastodon_db: MastodonDb,
-                                                           moto: S3Server, signum: int, code: int) -> None:
+                                                           rclone: S3Server, signum: int, code: int) -> None:
     """With only small objects in flight, a stop ends when they are done, not at the end of the
     grace period (which it always took before: the wait included the second-signal task). The
     grace period is set far beyond the test's own timeout, so waiting it out fails the test."""
     import signal as signals
 
-    inst, src = await seeded(mastodon_db, moto, media=70, video=1000)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, latency=0.02) as proxy:
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+    inst, src = await seeded(mastodon_db, rclone, media=70, video=1000)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, latency=0.02) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy,
                                      **{**FAST_SYNC, "grace_period": 600})
         proc = start_run(config)
         wait_stored(proxy, 20, proc)
@@ -254,18 +254,18 @@ async def test_stop_takes_only_as_long_as_copies_in_flight(tmp_path: Path, masto
         assert signals.Signals(signum).name in out and "at most 600s" in out
         again = run_cli("run", config=config)
         assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
-    assert_exact(moto, dst, inst)
+    assert_exact(rclone, dst, inst)
 
 
-async def test_a_second_ctrl_c_stops_at_once(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+async def test_a_second_ctrl_c_stops_at_once(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
     """The first Ctrl-C lets the large copy in flight go on (the grace period); the second ends
     the run at once, its upload aborted, and the next run resumes and completes."""
     import signal as signals
 
-    inst, src = await seeded(mastodon_db, moto, media=10, video=25 * MiB)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, latency=0.4) as proxy:  # 5 parts of 5 MiB: 2 s for the video
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy,
+    inst, src = await seeded(mastodon_db, rclone, media=10, video=25 * MiB)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, latency=0.4) as proxy:  # 5 parts of 5 MiB: 2 s for the video
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy,
                                      **{**FAST_SYNC, "grace_period": 600})
         proc = start_run(config)
         deadline = time.monotonic() + 60
@@ -278,19 +278,19 @@ async def test_a_second_ctrl_c_stops_at_once(tmp_path: Path, mastodon_db: Mastod
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert "press Ctrl-C again to stop at once" in out
-        assert moto.open_uploads(dst) == []  # the cancelled upload was aborted on the way out
+        assert rclone.open_uploads(dst) == []  # the cancelled upload was aborted on the way out
         proxy.set_faults(latency=0.0)
         again = run_cli("run", config=config)
         assert again.returncode == 0 and "resuming" in again.stdout, again.stdout + again.stderr
-    assert_exact(moto, dst, inst)
+    assert_exact(rclone, dst, inst)
 
 
-async def test_one_run_per_state_directory(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
+async def test_one_run_per_state_directory(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
     """Overlapping cron jobs: the second run refuses in one line naming the first's PID."""
-    inst, src = await seeded(mastodon_db, moto, media=50, video=1000)
-    dst = new_bucket(moto, "dst")
-    with fault_proxy(moto, latency=0.05) as proxy:
-        config = config_behind_proxy(tmp_path, mastodon_db, moto, src, dst, proxy, **FAST_SYNC)
+    inst, src = await seeded(mastodon_db, rclone, media=50, video=1000)
+    dst = new_bucket(rclone, "dst")
+    with fault_proxy(rclone, latency=0.05) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy, **FAST_SYNC)
         first = start_run(config)
         wait_stored(proxy, 5, first)
         second = run_cli("run", config=config)
@@ -301,7 +301,7 @@ async def test_one_run_per_state_directory(tmp_path: Path, mastodon_db: Mastodon
         assert first.returncode == 0, err
         assert all(n == 1 for n in proxy.counters.stored.values())  # nothing copied twice
         assert run_cli("run", config=config).returncode == 0  # the lock went with the first run
-    assert_exact(moto, dst, inst)
+    assert_exact(rclone, dst, inst)
 
 
 @pytest.mark.parametrize("destination,refused", [
