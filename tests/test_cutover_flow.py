@@ -78,19 +78,19 @@ async def db_execute(db: MastodonDb, sql: str, *args: Any) -> None:
 
 
 async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, mastodon_db: MastodonDb,
-                                                           moto: S3Server) -> None:
+                                                           rclone: S3Server) -> None:
     """Interrupted at half, a copied record refreshed meanwhile, resumed to completion: the
     catch-up copies the refreshed file. A --limit trial and a --since in the future are no baseline."""
     import signal
 
     from tests.reliability.helpers import start_run, wait_stored
 
-    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
-    objects = await seed_media(mastodon_db, moto, src, range(1, 201))
-    proxy = FaultProxy(moto.port).start()
+    src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
+    objects = await seed_media(mastodon_db, rclone, src, range(1, 201))
+    proxy = FaultProxy(rclone.port).start()
     proxy.set_faults(latency=0.02)
     try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst),
                               destination_endpoint=proxy.endpoint,
                               extra={"sync": {"concurrency": 4, "progress_interval": 0.5}})
         trial = run_cli("run", "--limit", "5", config=config)
@@ -103,22 +103,22 @@ async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, masto
         proc.communicate(timeout=60)
         assert proc.returncode == 130
         # Record 3 was copied before the stop; it gets a new file now (tootctl media refresh).
-        assert media_key(3) in moto.keys(dst)
+        assert media_key(3) in rclone.keys(dst)
         new_key = media_key(3, name="refreshed.jpg")
-        moto.put(src, new_key, b"new bytes", "image/jpeg")
-        moto.put(src, media_key(3, "small", "refreshed.jpg"), b"small", "image/jpeg")
+        rclone.put(src, new_key, b"new bytes", "image/jpeg")
+        rclone.put(src, media_key(3, "small", "refreshed.jpg"), b"small", "image/jpeg")
         await db_execute(mastodon_db, "UPDATE media_attachments SET file_file_name = 'refreshed.jpg', "
                          "file_updated_at = now() AT TIME ZONE 'UTC', updated_at = now() AT TIME ZONE 'UTC' "
                          "WHERE id = 3")
         resumed = run_cli("run", config=config)
         assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
-        assert new_key not in moto.keys(dst)  # the resumed run went on after its mark
+        assert new_key not in rclone.keys(dst)  # the resumed run went on after its mark
         future = run_cli("run", "--since", "2099-01-01", config=config)
         assert future.returncode == 0, future.stderr
         catch_up = run_cli("run", "--since", "last", config=config)
         assert catch_up.returncode == 0, catch_up.stderr
         assert re.search(r"--since last: \S+ \S+ UTC: the start of the completed migration run", catch_up.stdout)
-        assert moto.get(dst, new_key)[0] == b"new bytes"
+        assert rclone.get(dst, new_key)[0] == b"new bytes"
         verified = run_cli("verify", "--since", "last", config=config)
         assert verified.returncode == 0, verified.stdout + verified.stderr
     finally:

@@ -15,14 +15,14 @@ from tests.services.s3 import S3Server
 from tests.test_cutover_flow import media_key, seed_media
 
 
-async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
-    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
-    objects = await seed_media(mastodon_db, moto, src, range(1, 41))
+async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
+    src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
+    objects = await seed_media(mastodon_db, rclone, src, range(1, 41))
     await mastodon_db.insert("media_attachments", [{"id": 99, "file_file_name": "gone.jpg",
                                                     "file_content_type": "image/jpeg"}])  # missing at the source
-    proxy = FaultProxy(moto.port).start()
+    proxy = FaultProxy(rclone.port).start()
     try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst),
                               destination_endpoint=proxy.endpoint, extra={"sync": {"progress_interval": 0.5}})
         result = run_cli("run", "--processes", "2", "--concurrency", "8", config=config)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -32,7 +32,7 @@ async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: M
         assert catch_up.returncode == 0 and "--since last:" in catch_up.stdout, catch_up.stderr
     finally:
         proxy.stop()
-    assert moto.keys(dst) == set(objects)
+    assert rclone.keys(dst) == set(objects)
     assert all(n == 1 for n in stored.values())  # each object once, by one shard
     out = result.stdout
     assert "2 processes, shards 1/2 to 2/2" in out and "progress:" in out
@@ -45,13 +45,13 @@ async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: M
     assert {e["status"] for e in entries} == {"missing"} and {e["shard"] for e in entries} == {"2/2"}  # id 99 is odd
 
 
-async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:
-    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
-    objects = await seed_media(mastodon_db, moto, src, range(1, 121))
-    proxy = FaultProxy(moto.port).start()
+async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
+    src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
+    objects = await seed_media(mastodon_db, rclone, src, range(1, 121))
+    proxy = FaultProxy(rclone.port).start()
     proxy.set_faults(latency=0.03)
     try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src), destination=(moto, dst),
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst),
                               destination_endpoint=proxy.endpoint, extra={"sync": {"concurrency": 4}})
         proc = start_run(config, "--processes", "2")
         wait_stored(proxy, len(objects) // 3, proc)
@@ -68,8 +68,8 @@ async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: M
         resumed = run_cli("run", "--processes", "2", config=config)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert first.isdisjoint(proxy.counters.stored), "objects finished before the stop were uploaded again"
-        assert moto.keys(dst) == set(objects)
-        assert media_key(1) in moto.keys(dst)
+        assert rclone.keys(dst) == set(objects)
+        assert media_key(1) in rclone.keys(dst)
     finally:
         proxy.stop()
 

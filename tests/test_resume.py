@@ -39,15 +39,15 @@ async def seed_many(db: MastodonDb, s3: S3Server, bucket: str, rows: int, large:
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130)])  # SIGTERM: the reliability stop test
-async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server,
+async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server,
                                      signum: int, code: int) -> None:
-    src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
-    objects = await seed_many(mastodon_db, moto, src, rows=150, large=3)
-    proxy = FaultProxy(moto.port).start()
+    src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
+    objects = await seed_many(mastodon_db, rclone, src, rows=150, large=3)
+    proxy = FaultProxy(rclone.port).start()
     proxy.set_faults(latency=0.03)
     try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src),
-                              destination=(moto, dst), destination_endpoint=proxy.endpoint,
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src),
+                              destination=(rclone, dst), destination_endpoint=proxy.endpoint,
                               extra={"sync": {"concurrency": 4, "progress_interval": 0.5,
                                               "multipart_threshold": "5MiB", "part_size": "5MiB"}})
         env = {k: v for k, v in os.environ.items() if not k.startswith("MASTOSYNC_")}
@@ -62,7 +62,7 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
         out, err = proc.communicate(timeout=60)  # a stop that hangs fails here
         assert proc.returncode == code, err
         assert "progress saved" in err and "interrupted" in out
-        assert moto.open_uploads(dst) == []
+        assert rclone.open_uploads(dst) == []
         first_run = {path for path, n in proxy.counters.stored.items()}
         assert 0 < len(first_run) < len(objects)
 
@@ -84,9 +84,9 @@ async def test_interrupt_then_resume(tmp_path: Path, mastodon_db: MastodonDb, mo
                 f"({len(first_run)} earlier)") in resumed.stdout, resumed.stdout
         second_run = set(proxy.counters.stored)
         assert first_run.isdisjoint(second_run), "objects finished before the interrupt were uploaded again"
-        assert moto.keys(dst) == set(objects)
+        assert rclone.keys(dst) == set(objects)
         for key, data in objects.items():
-            assert moto.get(dst, key)[0] == data
+            assert rclone.get(dst, key)[0] == data
         state = json.loads(next((tmp_path / "state").glob("resume-*.json")).read_text())
         assert state["types"]["media_attachments"]["complete"] is True
     finally:

@@ -65,14 +65,14 @@ def stored_for_shard(stored: dict[str, int], k: int, n: int) -> int:
 
 
 async def test_three_shards_at_once_copy_everything_once(tmp_path: Path, mastodon_db: MastodonDb,
-                                                         moto: S3Server) -> None:
-    inst, src = await sharded_instance(mastodon_db, moto)
-    dst = new_bucket(moto, "dst")
-    proxy = FaultProxy(moto.port).start()
+                                                         rclone: S3Server) -> None:
+    inst, src = await sharded_instance(mastodon_db, rclone)
+    dst = new_bucket(rclone, "dst")
+    proxy = FaultProxy(rclone.port).start()
     try:
         proxy.set_faults(latency=0.01)
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(moto, src),
-                              destination=(moto, dst), destination_endpoint=proxy.endpoint,
+        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src),
+                              destination=(rclone, dst), destination_endpoint=proxy.endpoint,
                               extra={"sync": {"concurrency": 4}})
         # Shard 2 is interrupted and resumed alone; 1 and 3 run to the end meanwhile.
         procs = {k: start(config, "run", "--all", "--shard", f"{k}/3") for k in (1, 2, 3)}
@@ -99,7 +99,7 @@ async def test_three_shards_at_once_copy_everything_once(tmp_path: Path, mastodo
     finally:
         proxy.stop()
     expected = inst.expected(present=True)
-    assert moto.keys(dst) == set(expected)  # the union is the whole migration …
+    assert rclone.keys(dst) == set(expected)  # the union is the whole migration …
     assert all(n == 1 for n in stored.values()), {k: n for k, n in stored.items() if n > 1}  # … each key once
     reports = sorted((tmp_path / "state").glob("report-run-shard-*"))
     assert {p.name.split("-shard-")[1][:3] for p in reports} == {"1of", "2of", "3of"}
