@@ -239,3 +239,31 @@ async def test_totals_count_every_object_before_the_copy(postgres: PostgresServe
             assert size == sum(o.estimate for o in found), name  # originals' sizes, derived styles estimated
     finally:
         await database.close()
+
+
+async def test_a_stopped_feed_ends_its_cursor_at_once(mastodon_db: MastodonDb) -> None:
+    """The pool closes the feed when a run stops; the cursor's transaction must end then, not
+    whenever the loop finalises a generator left open, before the connection is used again
+    (the run's history and summary ask the database for its clock)."""
+    import contextlib
+
+    from mastosync.engine.counters import Stats
+    from mastosync.engine.plan import Feed
+    from mastosync.state.resume import TypeProgress
+
+    await mastodon_db.insert("media_attachments", [
+        {"id": n, "file_file_name": f"{n}.png", "file_content_type": "image/png"} for n in range(1, 51)])
+    database = records.Database(settings_for(mastodon_db))
+    try:
+        query = await records.query_for(database, layout.TYPES["media_attachments"], records.Filters())
+        feed = Feed(database, ("media_attachments",), {"media_attachments": query}, {},
+                    {"media_attachments": TypeProgress()}, {"media_attachments": Stats("media_attachments")},
+                    ("", ""), db_batch=10)
+        async with contextlib.aclosing(feed.jobs()) as jobs:
+            async for _ in jobs:
+                break  # stopped after the first job, as the pool stops
+        connection = await database.connection()
+        assert not connection.is_in_transaction(), "the feed's cursor was left open"
+        assert await records.clock(database) is not None
+    finally:
+        await database.close()

@@ -72,8 +72,11 @@ class Feed:
     async def jobs(self) -> AsyncGenerator[Job, None]:
         try:
             for name in self.types:
-                async for job in self._jobs_of(name):
-                    yield job
+                # Closed with this generator, not left to the loop's finaliser: its cursor's
+                # transaction must end before the connection is used again.
+                async with contextlib.aclosing(self._jobs_of(name)) as jobs:
+                    async for job in jobs:
+                        yield job
                 self.finished_types[name] = True
         finally:
             for _, task in self._ahead:
