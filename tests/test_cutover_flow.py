@@ -83,16 +83,13 @@ async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, masto
     catch-up copies the refreshed file. A --limit trial and a --since in the future are no baseline."""
     import signal
 
-    from tests.reliability.helpers import start_run, wait_stored
+    from tests.reliability.helpers import config_behind_proxy, fault_proxy, start_run, wait_stored
 
     src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
     objects = await seed_media(mastodon_db, rclone, src, range(1, 201))
-    proxy = FaultProxy(rclone.port).start()
-    proxy.set_faults(latency=0.02)
-    try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst),
-                              destination_endpoint=proxy.endpoint,
-                              extra={"sync": {"concurrency": 4, "progress_interval": 0.5}})
+    with fault_proxy(rclone, latency=0.02) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy, concurrency=4,
+                                     progress_interval=0.5)
         trial = run_cli("run", "--limit", "5", config=config)
         assert trial.returncode == 0, trial.stderr
         refused = run_cli("run", "--since", "last", config=config)
@@ -121,8 +118,6 @@ async def test_catch_up_after_a_resumed_run_misses_nothing(tmp_path: Path, masto
         assert rclone.get(dst, new_key)[0] == b"new bytes"
         verified = run_cli("verify", "--since", "last", config=config)
         assert verified.returncode == 0, verified.stdout + verified.stderr
-    finally:
-        proxy.stop()
 
 
 async def test_visibility_follows_suspension_between_runs(tmp_path: Path, mastodon_db: MastodonDb,

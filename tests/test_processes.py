@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
-from tests.reliability.helpers import start_run, summary_row, wait_stored
+from tests.reliability.helpers import config_behind_proxy, fault_proxy, start_run, summary_row, wait_stored
 from tests.services.faultproxy import FaultProxy
 from tests.services.s3 import S3Server
 from tests.test_cutover_flow import media_key, seed_media
@@ -48,11 +48,8 @@ async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: M
 async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
     src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
     objects = await seed_media(mastodon_db, rclone, src, range(1, 121))
-    proxy = FaultProxy(rclone.port).start()
-    proxy.set_faults(latency=0.03)
-    try:
-        config = write_config(tmp_path / "config.toml", db=mastodon_db, source=(rclone, src), destination=(rclone, dst),
-                              destination_endpoint=proxy.endpoint, extra={"sync": {"concurrency": 4}})
+    with fault_proxy(rclone, latency=0.03) as proxy:
+        config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy, concurrency=4)
         proc = start_run(config, "--processes", "2")
         wait_stored(proxy, len(objects) // 3, proc)
         proc.send_signal(signal.SIGINT)
@@ -70,8 +67,6 @@ async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: M
         assert first.isdisjoint(proxy.counters.stored), "objects finished before the stop were uploaded again"
         assert rclone.keys(dst) == set(objects)
         assert media_key(1) in rclone.keys(dst)
-    finally:
-        proxy.stop()
 
 
 async def test_a_failing_worker_is_named(tmp_path: Path, mastodon_db: MastodonDb, moto: S3Server) -> None:

@@ -35,7 +35,7 @@ from mastosync.engine.events import Told
 from mastosync.engine.plan import Job, learn_sizes_of
 from mastosync.engine.pool import Pool
 from mastosync.engine.steps.audit import Audit, AuditStep, Inspection
-from mastosync.errors import Interrupted, MastosyncError, ObjectsFailed, VerifyGaps
+from mastosync.errors import MastosyncError, ObjectsFailed, VerifyGaps
 from mastosync.mastodon import layout, records
 from mastosync.request import Request, report_label
 from mastosync.state.reports import Report
@@ -140,10 +140,7 @@ async def _audit(settings: Settings, request: Request, what: Audit) -> None:
             report.close()
             if state is not None:
                 state.save(complete={n: feed.finished_types[n] and not pool.stopped for n in request.types})
-        if pool.fatal is not None:
-            raise pool.fatal
-        if pool.signals:
-            raise Interrupted(pool.signals[0])
+        pool.raise_if_stopped()
         orphans: dict[str, list[int]] = {}
         listed = young = 0
         orphan_path = Path(settings.sync.state_dir) / f"orphans-{label}-{datetime.now(UTC):%Y%m%d-%H%M%S}.jsonl"

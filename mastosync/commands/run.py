@@ -23,14 +23,14 @@ from mastosync.connect import Connected, connect
 from mastosync.display.progress import Display
 from mastosync.engine.books import CopyBook
 from mastosync.engine.counters import Stats, summary_json, total_of
-from mastosync.engine.events import Quiet, stop_message
+from mastosync.engine.events import Events, Quiet, stop_message
 from mastosync.engine.memory import MemoryBudget, keep_large_buffers_mapped
 from mastosync.engine.plan import Job
 from mastosync.engine.pool import Pool
 from mastosync.engine.sanity import SourceWatch, explain
 from mastosync.engine.steps.copy import CopyStep
 from mastosync.engine.transfer import Copier
-from mastosync.errors import InternalError, Interrupted, ObjectsFailed, SourceMisconfigured, UsageError
+from mastosync.errors import InternalError, ObjectsFailed, SourceMisconfigured, UsageError
 from mastosync.mastodon import records
 from mastosync.mastodon.version import mastodon_release
 from mastosync.request import Request, filters_for, report_label, resolve_since
@@ -92,7 +92,7 @@ def memory_budget(sync: SyncSettings) -> MemoryBudget:
     return MemoryBudget(sync.multipart_threshold + sync.part_size)
 
 
-def make_copier(settings: Settings, source: Store, destination: Store, events: Quiet,
+def make_copier(settings: Settings, source: Store, destination: Store, events: Events,
                 checksum: bool = False) -> Copier:
     sync = settings.sync
     return Copier(
@@ -227,10 +227,7 @@ async def _run_locked(settings: Settings, request: Request) -> None:
         if isinstance(pool.fatal, SourceMisconfigured):
             await explain(pool.fatal, watch, settings.source, connected.source)
     total_failed = sum(s.failed for s in stats.values())
-    if pool.fatal is not None:
-        raise pool.fatal
-    if pool.signals:
-        raise Interrupted(pool.signals[0])
+    pool.raise_if_stopped()
     if total_failed:
         raise ObjectsFailed(f"{total_failed} objects failed to copy; they are listed in {report.path} "
                             "and the next run retries them")

@@ -19,7 +19,7 @@ from mastosync.engine.plan import Job
 from mastosync.engine.pool import Pool
 from mastosync.engine.sanity import SourceWatch, explain
 from mastosync.engine.steps.check import CheckStep
-from mastosync.errors import Interrupted, SourceMisconfigured, UsageError, VerifyGaps
+from mastosync.errors import SourceMisconfigured, UsageError, VerifyGaps
 from mastosync.mastodon import layout, records
 from mastosync.mastodon.version import mastodon_release
 from mastosync.request import Request, report_label, resolve_since
@@ -87,10 +87,7 @@ async def _verify(settings: Settings, request: Request, as_json: bool, checksum:
                 clean=pool.fatal is None and not gaps, mastodon=release[1] if release else None)
         if isinstance(pool.fatal, SourceMisconfigured):
             await explain(pool.fatal, watch, settings.source, connected.source)
-    if pool.fatal is not None:
-        raise pool.fatal
-    if pool.signals:
-        raise Interrupted(pool.signals[0])
+    pool.raise_if_stopped()
     if gaps:
         raise VerifyGaps(f"the destination is incomplete: {gaps} objects absent, different or unreadable; "
                          f"see {report.path}")

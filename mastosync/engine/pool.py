@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from mastosync.engine.events import Events
-from mastosync.errors import InternalError, MastosyncError
+from mastosync.errors import InternalError, Interrupted, MastosyncError
 from mastosync.loop import stopping_signals
 
 J = TypeVar("J")
@@ -125,6 +125,13 @@ class Pool(Generic[J]):
                 # the job never finished, or hang once every worker had died.
                 self.fail(InternalError(exc))
                 return
+
+    def raise_if_stopped(self) -> None:
+        """After run(): the error that ended it, or Interrupted for the signal that did."""
+        if self.fatal is not None:
+            raise self.fatal
+        if self.signals:
+            raise Interrupted(self.signals[0])
 
     def fail(self, error: MastosyncError) -> None:
         """End the run with `error` (the first one told is kept)."""
