@@ -80,10 +80,12 @@ def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) 
 def make_instance(count_objects: int, seed: int = 1,
                   small_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rows and {key: size}: every row has an original and a small style (2 objects)."""
-    rng = random.Random(seed)
+    rng, id_bits = random.Random(seed), random.Random(seed + 1)
     rows, objects = [], {}
     for n in range(count_objects // 2):
-        rid = 105105582134970663 + n * 65536
+        # A Mastodon id: milliseconds since the epoch above 16 bits of hash and sequence. Low
+        # bits that vary matter: `--shard K/N` and `--processes` split on id mod N.
+        rid = (1603783907088 + n) << 16 | id_bits.getrandbits(16)
         digits = f"{rid:018d}"
         part = "/".join(digits[i:i + 3] for i in range(0, 18, 3))
         if small_only:

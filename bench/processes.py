@@ -40,6 +40,59 @@ def peak_rss_mb(pids: set[int]) -> dict[int, float]:
     return found
 
 
+class CpuCap:
+    """Each mastosync process in its own cgroup (v1 `cpu` controller) capped at `share` of a core.
+
+    On this machine the S3 servers, the relays and PostgreSQL share the two cores with the
+    client, so they fill the machine before the client's CPU is the limit. Capping every
+    client process stands for a client whose cores are its limit while the providers have
+    CPU to spare: one process gets `share` of a core, N processes N times that. Processes are
+    moved into their group as soon as they are seen (every 20 ms).
+    """
+
+    ROOT = Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.base = self.ROOT / f"mastosync-bench-{os.getpid()}"
+        self.base.mkdir()
+        self.placed: set[int] = set()
+
+    def place(self, pids: set[int]) -> None:
+        for pid in pids - self.placed:
+            group = self.base / str(pid)
+            try:
+                group.mkdir(exist_ok=True)
+                period = int((group / "cpu.cfs_period_us").read_text())
+                (group / "cpu.cfs_quota_us").write_text(str(int(period * self.share)))
+                (group / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                continue  # the process already ended
+            self.placed.add(pid)
+
+    def close(self) -> None:
+        for group in self.base.iterdir():
+            if group.is_dir():
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (self.ROOT / "cgroup.procs").write_text(pid)
+                group.rmdir()
+        self.base.rmdir()
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    fields = [float(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
 def mastosync_pids() -> set[int]:
     out = subprocess.run(["pgrep", "-f", "mastosync run"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
@@ -50,9 +103,12 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency", type=float, default=0.025)
+    parser.add_argument("--client-cpu", type=float, default=0.0,
+                        help="cap every mastosync process at this share of a core (root, cgroup v1 cpu)")
     args = parser.parse_args()
     args.concurrency, args.pairs, args.baseline = 64, 1, None
     bench = Bench(args)
+    cap = CpuCap(args.client_cpu) if args.client_cpu else None
     src_proxy, dst_proxy = LatencyProxy(bench.src.port).start(), LatencyProxy(bench.dst.port).start()
     try:
         src_proxy.latency = dst_proxy.latency = args.latency
@@ -61,7 +117,8 @@ def main() -> None:
         write_objects(bench.src, "small", objects)
         db = asyncio.run(seed_db(bench.pg, rows))
         print(f"load average {os.getloadavg()[0]:.2f}; {len(objects)} objects, +{args.latency * 1000:.0f} ms per "
-              "request, concurrency 64 in total")
+              "request, concurrency 64 in total"
+              + (f"; every mastosync process capped at {args.client_cpu:g} of a core" if cap else ""))
         rates: dict[int, list[float]] = {1: [], 2: []}
         for round_ in range(args.rounds):
             for n in ((1, 2) if round_ % 2 == 0 else (2, 1)):
@@ -76,27 +133,42 @@ def main() -> None:
                                     "access_key_id": bench.dst.access_key,
                                     "secret_access_key": bench.dst.secret_key},
                     "sync": {"concurrency": 64, "state_dir": str(bench.tmp / "state" / dst)}}))
+                for proxy in (src_proxy, dst_proxy):
+                    proxy.reset_counters()
+                busy_before = machine_busy()
                 started = time.monotonic()
                 proc = subprocess.Popen([sys.executable, "-m", "mastosync", "run", "--all", "--config", str(config),
                                          "--processes", str(n)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, cwd=ROOT)
                 peaks: dict[int, float] = {}
+                looked = 0.0
                 while proc.poll() is None:
-                    peaks.update(peak_rss_mb(mastosync_pids()))
-                    time.sleep(0.2)
+                    if cap is not None:
+                        cap.place({proc.pid} | children(proc.pid))
+                    if time.monotonic() - looked > 0.2:
+                        peaks.update(peak_rss_mb(mastosync_pids()))
+                        looked = time.monotonic()
+                    time.sleep(0.02)
                 wall = time.monotonic() - started
+                busy = (machine_busy()[0] - busy_before[0]) / (machine_busy()[1] - busy_before[1])
                 if proc.returncode != 0:
                     raise SystemExit(f"--processes {n} exited {proc.returncode}")
                 bench.drop_bucket(dst)
                 rates[n].append(len(objects) / wall)
-                print(f"--processes {n}: {len(objects) / wall:6.0f} obj/s ({wall:.2f}s); peak RSS per process "
-                      f"{max(peaks.values(), default=0):.0f} MB")
+                timeline = sorted(t for proxy in (src_proxy, dst_proxy) for t, op in proxy.counts.timeline
+                                  if op in ("GetObject", "PutObject"))
+                copying = timeline[-1] - timeline[0]
+                print(f"--processes {n}: {len(objects) / wall:6.0f} obj/s ({wall:.2f}s; the first GET after "
+                      f"{timeline[0] - started:.2f}s, then {len(objects) / copying:.0f} obj/s); peak RSS per process "
+                      f"{max(peaks.values(), default=0):.0f} MB; the machine's cores {busy:.0%} busy")
         one, two = statistics.median(rates[1]), statistics.median(rates[2])
         print(f"--processes 2 / --processes 1 (medians): {two / one:.2f}x")
     finally:
         src_proxy.stop()
         dst_proxy.stop()
         bench.stop()
+        if cap is not None:
+            cap.close()
 
 
 if __name__ == "__main__":

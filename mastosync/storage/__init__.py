@@ -20,7 +20,6 @@ from mastosync.config.settings import BucketSettings, DestinationSettings
 from mastosync.storage.base import UNTOLD, Head, ObjectAttrs, UploadEvents
 from mastosync.storage.limits import request_limit
 from mastosync.storage.retry import Pacer, RetryPolicy
-from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:  # asyncssh costs 16 MB and 0.3 s at start: imported only when a side needs it
     from mastosync.tunnel import Tunnel
@@ -140,4 +139,8 @@ def make_store(side: BucketSettings, label: str, pool: int, timeout: float, tunn
         if tunnel is None:  # connect.open_ssh opens it for every sftp side: a wiring defect
             raise TypeError(f"{label}: an sftp side needs the SSH connection")
         return FolderStore(SftpFiles(tunnel, side.root, label, owner), label, events)
+    # aiohttp costs 0.3 s of CPU at start: a parent of --processes, or a folder-to-folder run, has
+    # no use for it.
+    from mastosync.storage.s3 import Bucket
+
     return Bucket(side, pool, timeout, label, acl, request_limit(tpslimit), events)
