@@ -24,9 +24,9 @@ from mastosync.request import Request, filters_for
 from mastosync.state.resume import TypeProgress
 from mastosync.storage import Store, make_store, needs_ssh
 from mastosync.storage.base import UNTOLD, ObjectAttrs, UploadEvents
-from mastosync.storage.s3 import Bucket
 
 if TYPE_CHECKING:
+    from mastosync.storage.s3 import Bucket
     from mastosync.tunnel import Tunnel
 
 
@@ -67,7 +67,7 @@ async def refuse_one_bucket_twice(settings: Settings, source: Store, destination
     a, b = settings.source, settings.destination
     if not (a.kind == b.kind == "s3" and a.bucket == b.bucket and a.key_prefix == b.key_prefix):
         return
-    if await cast(Bucket, source).holds_upload_of(cast(Bucket, destination)):
+    if await cast("Bucket", source).holds_upload_of(cast("Bucket", destination)):
         raise ConfigError("destination", f"is the source's bucket {a.bucket!r} under another address "
                                          f"({b.endpoint or 'AWS'} and {a.endpoint or 'AWS'}): every object would be "
                                          "skipped as already there")

@@ -52,20 +52,23 @@ async def _dry_run(settings: Settings, request: Request, output_format: str, out
             if query is None:
                 continue
             lines: list[str] = []
-            kind = quote(name)
+            head = f'{{"type": {quote(name)}, "id": '
+            types: dict[str | None, str] = {None: "null"}  # a few content types, each quoted once
             async for row in records.stream(db, query, prefetch=settings.sync.db_batch):
                 for o in layout.objects_of(object_type, row, request.since, hidden):
                     if as_json:
+                        source_key = quote(full_key(src, o.key))
+                        content_type = types.get(o.content_type)
+                        if content_type is None:
+                            content_type = types[o.content_type] = quote(o.content_type or "")
                         lines.append(
-                            f'{{"type": {kind}, "id": {o.id}, "attachment": "{o.attachment}", '
-                            f'"style": "{o.style}", "source_key": {quote(full_key(src, o.key))}, '
-                            f'"destination_key": {quote(full_key(dst, o.key))}, '
+                            f'{head}{o.id}, "attachment": "{o.attachment}", "style": "{o.style}", '
+                            f'"source_key": {source_key}, '
+                            f'"destination_key": {source_key if src == dst else quote(full_key(dst, o.key))}, '
                             f'"size": {"null" if o.size is None else int(o.size)}, '
-                            f'"content_type": {"null" if o.content_type is None else quote(o.content_type)}, '
-                            f'"private": {"true" if o.private else "false"}'
-                            + ("" if o.fallback is None else
-                               f', "fallback_source_key": {quote(full_key(src, o.fallback))}')
-                            + "}"
+                            f'"content_type": {content_type}, "private": {"true" if o.private else "false"}'
+                            + ("}" if o.fallback is None else
+                               f', "fallback_source_key": {quote(full_key(src, o.fallback))}}}')
                         )
                     elif output_format == "rclone":
                         lines.append(full_key(src, o.key))

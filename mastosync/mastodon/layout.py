@@ -240,22 +240,31 @@ def id_partition(record_id: int) -> str:
     A trailing group of one or two digits is dropped, as Ruby's scan(/\\d{3}/) does;
     ids longer than 12 digits are not padded and never truncated.
     """
+    if 10**17 <= record_id < 10**18:  # a snowflake id, the shape of most rows: str() needs no padding
+        d = str(record_id)
+        return f"{d[:3]}/{d[3:6]}/{d[6:9]}/{d[9:12]}/{d[12:15]}/{d[15:]}"
     digits = f"{record_id:09d}" if record_id < 1_000_000_000 else f"{record_id:012d}"
     n = len(digits)
-    if n == 9:  # the two common shapes, spelled out: this runs once per record
+    if n == 9:  # the other common shape, spelled out: this runs once per record
         return f"{digits[:3]}/{digits[3:6]}/{digits[6:]}"
-    if n == 18:
-        d = digits
-        return f"{d[:3]}/{d[3:6]}/{d[6:9]}/{d[9:12]}/{d[12:15]}/{d[15:]}"
     return "/".join(digits[i : i + 3] for i in range(0, n - n % 3, 3))
 
 
 def style_file_name(original: str, style: Style) -> str:
     """Paperclip's :filename for a derived style: basename, then format or original extension."""
+    return _styled(*_split_name(original), style.format)
+
+
+def _split_name(original: str) -> tuple[str, str]:
+    """(basename, extension) as Paperclip splits a file name; the extension may be empty."""
     base, dot, ext = original.rpartition(".")
     if not dot or not base:  # no extension, or a dot file such as ".png"
-        base, ext = original, ""
-    ext = style.format or ext
+        return original, ""
+    return base, ext
+
+
+def _styled(base: str, ext: str, style_format: str | None) -> str:
+    ext = style_format or ext
     return f"{base}.{ext}" if ext else base
 
 
@@ -318,14 +327,17 @@ def objects_of(
         size = row.get(att.file_size)
         found.append(_make((type_name, record_id, att.name, "original", f"{folder}original/{original}",
                             size, content_type, private, None, size or 0)))
+        styles = att.styles(row)
+        if not styles:
+            continue
         derived_estimate = min(size or 0, DERIVED_ESTIMATE)
-        for style in att.styles(row):
+        base, ext = _split_name(original)  # style_file_name, split once for all the styles
+        for style in styles:
             fallback = None
             if style.fallback_format is not None:
-                other = Style(style.name, style.fallback_format)
-                fallback = f"{folder}{style.name}/{style_file_name(original, other)}"
+                fallback = f"{folder}{style.name}/{_styled(base, ext, style.fallback_format)}"
             found.append(_make((type_name, record_id, att.name, style.name,
-                                f"{folder}{style.name}/{style_file_name(original, style)}",
+                                f"{folder}{style.name}/{_styled(base, ext, style.format)}",
                                 None, content_type, private, fallback, derived_estimate)))
     return found
 
