@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
@@ -52,6 +53,16 @@ class Signer:
     service: str = "s3"
     _day: str = ""
     _key: bytes = field(default=b"", repr=False)
+    _second: int = -1
+    _stamp: str = ""
+
+    def _stamp_now(self) -> str:
+        """The current time as SigV4 writes it, formatted once a second (not once a request)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y%m%dT%H%M%SZ")
+        return self._stamp
 
     def _signing_key(self, day: str) -> bytes:
         if day != self._day:
@@ -70,7 +81,7 @@ class Signer:
         that no proxy on the way will change (not User-Agent). The result includes "host",
         to be sent as signed.
         """
-        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        stamp = now.strftime("%Y%m%dT%H%M%SZ") if now is not None else self._stamp_now()
         signed = dict(headers)
         signed["host"] = host
         signed["x-amz-date"] = stamp
