@@ -48,6 +48,16 @@ async def fill(pg: PostgresServer, rows: int) -> MastodonDb:
     return db
 
 
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -68,12 +78,18 @@ def main() -> None:
             started = time.monotonic()
             proc = subprocess.Popen([sys.executable, "-m", "mastosync", "dry-run", "--all", "--json",
                                      "--config", str(config)], stdout=devnull, cwd=ROOT)
-            _, status, usage = os.wait4(proc.pid, 0)
+            peak = 0.0
+            while True:  # VmHWM: wait4's ru_maxrss would keep this process's mark from before exec
+                peak = max(peak, vm_hwm_mb(proc.pid))
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.1)
             elapsed = time.monotonic() - started
         if os.waitstatus_to_exitcode(status) != 0:
             sys.exit(f"dry-run failed with {os.waitstatus_to_exitcode(status)}")
         print(f"dry-run --all --json: {args.rows:,} records in {elapsed:.2f}s = {args.rows / elapsed:,.0f} records/s; "
-              f"peak RSS {usage.ru_maxrss / 1024:.0f} MB; CPU {usage.ru_utime + usage.ru_stime:.1f}s")
+              f"peak RSS {peak:.0f} MB; CPU {usage.ru_utime + usage.ru_stime:.1f}s")
     finally:
         pg.stop()
 

@@ -93,11 +93,6 @@ def children(pid: int) -> set[int]:
         return set()
 
 
-def mastosync_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "mastosync run"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=2000)
@@ -146,7 +141,7 @@ def main() -> None:
                     if cap is not None:
                         cap.place({proc.pid} | children(proc.pid))
                     if time.monotonic() - looked > 0.2:
-                        peaks.update(peak_rss_mb(mastosync_pids()))
+                        peaks.update(peak_rss_mb({proc.pid} | children(proc.pid)))
                         looked = time.monotonic()
                     time.sleep(0.02)
                 wall = time.monotonic() - started
