@@ -1,10 +1,11 @@
 """Dry-run at scale: 1,000,000 media_attachments rows, records/s and peak RSS.
 
-    .venv/bin/python bench/dryrun_scale.py [--rows N]
+    .venv/bin/python bench/dryrun_scale.py [--rows N] [--rounds R] [--baseline DIR]
 
 Starts a throwaway PostgreSQL, fills media_attachments with generate_series (snowflake
 ids, a mix of images, videos and audio, a fifth of them remote), then times
-`mastosync dry-run --all --json > /dev/null` and reports the child's peak RSS.
+`mastosync dry-run --all --json > /dev/null` and reports the child's peak RSS (VmHWM). With
+--baseline DIR (a checkout of another version) that version runs too, rounds alternating.
 """
 
 from __future__ import annotations
@@ -58,9 +59,30 @@ def vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def dry_run(root: Path, config: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MB, CPU seconds) of `dry-run --all --json > /dev/null` from `root`."""
+    with open(os.devnull, "w") as devnull:
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "mastosync", "dry-run", "--all", "--json",
+                                 "--config", str(config)], stdout=devnull, cwd=root)
+        peak = 0.0
+        while True:  # VmHWM: wait4's ru_maxrss would keep this process's mark from before exec
+            peak = max(peak, vm_hwm_mb(proc.pid))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"dry-run failed with {os.waitstatus_to_exitcode(status)}")
+    return elapsed, peak, usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--baseline", type=Path, help="a checkout of another mastosync, run beside this one")
     args = parser.parse_args()
     pg = PostgresServer().start()
     try:
@@ -74,22 +96,13 @@ def main() -> None:
                          "password": db.password},
             "source": {"bucket": "old"}, "destination": {"bucket": "new"},
         }))
-        with open(os.devnull, "w") as devnull:
-            started = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "mastosync", "dry-run", "--all", "--json",
-                                     "--config", str(config)], stdout=devnull, cwd=ROOT)
-            peak = 0.0
-            while True:  # VmHWM: wait4's ru_maxrss would keep this process's mark from before exec
-                peak = max(peak, vm_hwm_mb(proc.pid))
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                time.sleep(0.1)
-            elapsed = time.monotonic() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"dry-run failed with {os.waitstatus_to_exitcode(status)}")
-        print(f"dry-run --all --json: {args.rows:,} records in {elapsed:.2f}s = {args.rows / elapsed:,.0f} records/s; "
-              f"peak RSS {peak:.0f} MB; CPU {usage.ru_utime + usage.ru_stime:.1f}s")
+        variants = {"this": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
+        for round_ in range(args.rounds):
+            names = list(variants)
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                elapsed, peak, cpu = dry_run(variants[name], config)
+                print(f"{name:<8} dry-run --all --json: {args.rows:,} records in {elapsed:.2f}s = "
+                      f"{args.rows / elapsed:,.0f} records/s; peak RSS {peak:.0f} MB; CPU {cpu:.1f}s", flush=True)
     finally:
         pg.stop()
 
