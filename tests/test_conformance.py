@@ -157,10 +157,11 @@ async def test_an_etag_that_is_no_md5_does_not_block_the_copy(s3: S3Server, sse_
     assert bad_digests["PutObject"] == 1  # the destination accepted the first PUT
 
 
-async def test_damaged_bytes_are_never_stored(moto: S3Server) -> None:
+@pytest.mark.parametrize("size", [10_000, 17 * MiB])  # one PUT; parts, the whole object's MD5 taken beside
+async def test_damaged_bytes_are_never_stored(moto: S3Server, size: int) -> None:
     """Bytes whose MD5 differs from the source's ETag on every read fail; nothing is stored."""
     src, dst = new_bucket(moto, "src"), new_bucket(moto, "dst")
-    moto.put(src, "a.jpg", os.urandom(10_000), "image/jpeg")
+    moto.put(src, "a.jpg", os.urandom(size), "image/jpeg")
     with proxy_for(moto) as proxy:
         async with copier(moto, src, dst, source_endpoint=proxy.endpoint, retries=2) as c:
             flips = 0

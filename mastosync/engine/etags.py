@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000  # S3: parts in one multipart upload
@@ -17,12 +21,19 @@ USUAL_PART_SIZES = (5 * MiB, 8 * MiB, 15 * MiB, 16 * MiB, 10 * MiB, 64 * MiB)
 THREAD_HASH_FROM = 1 * MiB  # bodies this large are hashed off the event loop
 
 
-async def md5_of(data: bytes | bytearray) -> bytes:
+async def md5_of(data: bytes | bytearray, also: _Hash | None = None) -> bytes:
     """The MD5 digest of `data`. hashlib releases the GIL on large buffers, so a large body
-    is hashed in a thread, on another core, while the loop goes on with other copies."""
-    if len(data) < THREAD_HASH_FROM:
+    is hashed in a thread, on another core, while the loop goes on with other copies.
+    `also`: a running hash (the whole object's) to feed the same bytes, in the same place."""
+
+    def digest() -> bytes:
+        if also is not None:
+            also.update(data)
         return hashlib.md5(data).digest()
-    return await asyncio.to_thread(lambda: hashlib.md5(data).digest())
+
+    if len(data) < THREAD_HASH_FROM:
+        return digest()
+    return await asyncio.to_thread(digest)
 
 
 def part_size_for(size: int, configured: int) -> int:

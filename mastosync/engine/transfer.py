@@ -310,9 +310,7 @@ class Copier:
                     if self.bandwidth is not None:
                         await self.bandwidth.take(size)
                     data = await body.read(size, last=(size == remaining))
-                    digest = await md5_of(data)
-                    if whole is not None:
-                        whole.update(data)
+                    digest = await md5_of(data, also=whole)  # both off the loop for a large part
                     etags_of_source.feed(data, digest)
                     etags.append(await self._part(key, upload_id, len(etags) + 1, data, digest))
                 finally:
