@@ -1,12 +1,16 @@
-"""`run --processes 2` against one process, where the client's CPU is the limit.
+"""`run --processes 2` against one, where the client's CPU is the limit.
 
-    .venv/bin/python bench/processes.py [--objects 2000] [--rounds 2] [--latency 0.025]
+    .venv/bin/python bench/processes.py [--objects 2000] [--rounds 2] [--latency 0.025] [--client-cpu 0.3]
 
 The latency-bound case of bench/compare.py: small files (2-20 KB) through proxies adding
 LATENCY to every request, concurrency 64 in total, on two `rclone serve s3` servers. Each
 round copies the set afresh with --processes 1 and --processes 2 (who goes first alternates)
-and prints objects/s, the ratio, and each run's peak RSS per process (VmHWM, read from
-/proc while it runs). Prints figures only.
+and prints objects/s (overall, and from the first GET on), the ratio, each run's largest
+peak RSS of one process (VmHWM, read from /proc while it runs) and how busy the machine's
+cores were. On this 2-core machine the S3 servers and the relays fill the cores before one
+client process does; --client-cpu caps every mastosync process at that share of a core (its
+own cgroup), which stands for a client whose CPU is the limit while the providers have
+CPU to spare. Prints figures only.
 """
 
 from __future__ import annotations
