@@ -59,7 +59,10 @@ class CpuCap:
     def __init__(self, share: float) -> None:
         self.share = share
         self.base = self.ROOT / f"mastosync-bench-{os.getpid()}"
-        self.base.mkdir()
+        try:
+            self.base.mkdir()
+        except OSError as exc:
+            raise SystemExit(f"--client-cpu needs root and the cgroup v1 cpu controller ({self.ROOT}): {exc}") from None
         self.placed: set[int] = set()
 
     def place(self, pids: set[int]) -> None:
