@@ -115,6 +115,31 @@ class Response:
             raise _translate(exc, "reading the body") from None
         return filled
 
+    async def read_exactly(self, size: int) -> bytes | bytearray:
+        """The next `size` bytes of the body, fewer only where it ends. A body already in
+        whole (a small one) is returned as received, not copied again; a larger one is
+        gathered into one buffer allocated once, so no body is ever held twice."""
+        content = self._raw.content
+        try:
+            async with asyncio.timeout(self._deadline + size / MIN_RATE):
+                first = await content.read(size)
+                if len(first) == size or not first:
+                    return first
+                buffer = bytearray(size)
+                filled = len(first)
+                buffer[:filled] = first
+                del first
+                while filled < size:
+                    chunk = await content.read(size - filled)
+                    if not chunk:
+                        del buffer[filled:]  # ended early: the caller says so
+                        break
+                    buffer[filled:filled + len(chunk)] = chunk
+                    filled += len(chunk)
+        except BaseException as exc:
+            raise _translate(exc, "reading the body") from None
+        return buffer
+
     async def read(self, limit: int = 1 << 26) -> bytes:
         """The whole body, at most `limit` bytes (answers to control requests: XML, errors)."""
         if self.content_length is not None and self.content_length > limit:

@@ -103,20 +103,17 @@ class Body:
         self._response = response
         self._what = what
 
-    async def read(self, size: int, last: bool) -> bytearray:
-        """The next `size` bytes, in one buffer of exactly that size.
-
-        Received bytes are copied straight into a buffer allocated once, so a body is
-        never held twice. A body that ends early, or (with `last`) goes on past `size`,
-        is Transient.
+    async def read(self, size: int, last: bool) -> bytes | bytearray:
+        """The next `size` bytes, in one buffer of exactly that size (Response.read_exactly:
+        never held twice, a small body not copied at all). A body that ends early, or (with
+        `last`) goes on past `size`, is Transient.
         """
-        buffer = bytearray(size)
         try:
-            filled = await self._response.readinto(memoryview(buffer))
+            data = await self._response.read_exactly(size)
         except Exception as exc:
             raise classify(exc, f"{self._what}: reading the body") from None
-        if filled != size:
-            raise Transient(f"{self._what}: body truncated: got {filled} of {size} bytes")
+        if len(data) != size:
+            raise Transient(f"{self._what}: body truncated: got {len(data)} of {size} bytes")
         if last and not self._response.complete:
             probe = bytearray(1)
             try:
@@ -125,7 +122,7 @@ class Body:
                 raise classify(exc, f"{self._what}: reading the body") from None
             if extra:
                 raise Transient(f"{self._what}: body longer than expected")
-        return buffer
+        return data
 
     def close(self) -> None:
         self._response.release()
