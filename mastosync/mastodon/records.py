@@ -233,7 +233,9 @@ def build_query(object_type: ObjectType, columns: set[str], filters: Filters) ->
     for att in object_type.attachments:
         if att.file_name not in columns:
             continue
-        wanted += [c for c in att.columns() if c in columns]
+        # The attachment's timestamp only matters to --since (layout.updated_since): a
+        # timestamp is one of the dearer columns to decode, read for every row.
+        wanted += [c for c in att.columns() if c in columns and (filters.since is not None or c != att.updated_at)]
         condition = f"{att.file_name} <> ''"
         if filters.since is not None:
             since = _updated_since(att.updated_at, att.schema_version, columns, f"${len(args) + 1}")
