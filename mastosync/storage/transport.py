@@ -144,6 +144,8 @@ class Response:
         """The whole body, at most `limit` bytes (answers to control requests: XML, errors)."""
         if self.content_length is not None and self.content_length > limit:
             raise HTTPError(f"answer of {self.content_length} bytes, more than expected")
+        if self._raw.content.at_eof():
+            return b""  # nothing (left) to read, as most PUT answers: no deadline to set up
         out = bytearray()
         try:
             async with asyncio.timeout(self._deadline + limit / MIN_RATE):
