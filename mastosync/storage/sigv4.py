@@ -89,17 +89,19 @@ class Signer:
         if self.credentials.token:
             signed["x-amz-security-token"] = self.credentials.token
         names = sorted(signed)
+        header_names = ";".join(names)
         canonical = "\n".join((
             method,
             path,
             query,
-            "".join(f"{n}:{' '.join(signed[n].split())}\n" for n in names),
-            ";".join(names),
+            "".join([f"{n}:{' '.join(signed[n].split())}\n" for n in names]),
+            header_names,
             payload_hash,
         ))
         scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        # hmac.digest: OpenSSL's one-shot HMAC, without the two hash objects hmac.new builds.
+        signature = hmac.digest(self._signing_key(stamp[:8]), to_sign.encode(), "sha256").hex()
         signed["authorization"] = (f"{ALGORITHM} Credential={self.credentials.access_key}/{scope}, "
-                                   f"SignedHeaders={';'.join(names)}, Signature={signature}")
+                                   f"SignedHeaders={header_names}, Signature={signature}")
         return signed
