@@ -121,24 +121,12 @@ class Response:
         gathered into one buffer allocated once, so no body is ever held twice."""
         content = self._raw.content
         try:
+            if content.is_eof():  # every byte has arrived: no read can wait, no deadline to set
+                return await _gather(content, size)
             async with asyncio.timeout(self._deadline + size / MIN_RATE):
-                first = await content.read(size)
-                if len(first) == size or not first:
-                    return first
-                buffer = bytearray(size)
-                filled = len(first)
-                buffer[:filled] = first
-                del first
-                while filled < size:
-                    chunk = await content.read(size - filled)
-                    if not chunk:
-                        del buffer[filled:]  # ended early: the caller says so
-                        break
-                    buffer[filled:filled + len(chunk)] = chunk
-                    filled += len(chunk)
+                return await _gather(content, size)
         except BaseException as exc:
             raise _translate(exc, "reading the body") from None
-        return buffer
 
     async def read(self, limit: int = 1 << 26) -> bytes:
         """The whole body, at most `limit` bytes (answers to control requests: XML, errors)."""
@@ -225,6 +213,24 @@ class Transport:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+async def _gather(content: aiohttp.StreamReader, size: int) -> bytes | bytearray:
+    first = await content.read(size)
+    if len(first) == size or not first:
+        return first
+    buffer = bytearray(size)
+    filled = len(first)
+    buffer[:filled] = first
+    del first
+    while filled < size:
+        chunk = await content.read(size - filled)
+        if not chunk:
+            del buffer[filled:]  # ended early: the caller says so
+            break
+        buffer[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return buffer
 
 
 async def _pieces(body: bytes | bytearray) -> AsyncIterator[memoryview]:
