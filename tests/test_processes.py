@@ -8,6 +8,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.reliability.helpers import config_behind_proxy, fault_proxy, start_run, summary_row, wait_stored
 from tests.services.faultproxy import FaultProxy
@@ -45,16 +47,18 @@ async def test_two_processes_copy_everything_once(tmp_path: Path, mastodon_db: M
     assert {e["status"] for e in entries} == {"missing"} and {e["shard"] for e in entries} == {"2/2"}  # id 99 is odd
 
 
-async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_stop_and_resume_with_two_processes(tmp_path: Path, mastodon_db: MastodonDb, rclone: S3Server,
+                                                  stop: signal.Signals) -> None:
     src, dst = new_bucket(rclone, "src"), new_bucket(rclone, "dst")
     objects = await seed_media(mastodon_db, rclone, src, range(1, 121))
     with fault_proxy(rclone, latency=0.03) as proxy:
         config = config_behind_proxy(tmp_path, mastodon_db, rclone, src, dst, proxy, concurrency=4)
         proc = start_run(config, "--processes", "2")
         wait_stored(proxy, len(objects) // 3, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 130, err
+        assert proc.returncode == 128 + stop, err  # 130 for Ctrl-C, 143 for SIGTERM (a service manager)
         assert "every process finishes its copies in flight" in out and "(interrupted)" in out
         first = set(proxy.counters.stored)
         assert 0 < len(first) < len(objects)
