@@ -4,12 +4,15 @@ and resume with two processes; a failing worker named; --since last after it."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 from pathlib import Path
 
 import pytest
 
+from mastosync.commands.processes import processes_for
+from mastosync.errors import UsageError
 from tests.conftest import MastodonDb, new_bucket, run_cli, write_config
 from tests.reliability.helpers import config_behind_proxy, fault_proxy, start_run, summary_row, wait_stored
 from tests.services.faultproxy import FaultProxy
@@ -88,3 +91,14 @@ async def test_a_failing_worker_is_named(tmp_path: Path, mastodon_db: MastodonDb
     for k in (1, 2):
         assert f"mastosync: shard {k}/2 exited with 1: 4 objects failed to copy" in result.stderr, result.stderr
     assert "8 objects failed to copy" in result.stderr
+
+
+def test_processes_auto_is_one_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert processes_for("auto") == processes_for("AUTO ") == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one
+    assert processes_for("auto") == 1
+    assert processes_for("3") == 3
+    for bad in ("0", "-1", "two", "1.5", ""):
+        with pytest.raises(UsageError, match="--processes"):
+            processes_for(bad)
