@@ -118,10 +118,13 @@ class Copier:
                 return outcome
             except SourceMissing:
                 return Outcome(Status.MISSING, 0, attempt, "not found at the source")
-            except ContentMismatch as exc:
-                # Twice the same bytes, twice not the ETag: the ETag is no MD5 of the content
-                # (an encrypted source that says nothing of it). Otherwise: damaged on the way.
-                mismatched = exc.md5 if mismatched is None else mismatched
+            except (ContentMismatch, NotFound) as exc:
+                if isinstance(exc, ContentMismatch):
+                    # Twice the same bytes, twice not the ETag: the ETag is no MD5 of the content
+                    # (an encrypted source that says nothing of it). Otherwise: damaged on the way.
+                    mismatched = exc.md5 if mismatched is None else mismatched
+                # NotFound here is not the source (that is SourceMissing): a destination upload
+                # that vanished, or a 404 from something on the way. Worth another try from the start.
                 failures += 1
                 if failures > self.policy.retries:
                     return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
@@ -141,14 +144,6 @@ class Copier:
                     return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
                 self._retrying(source_key, attempt, exc)
                 await asyncio.sleep(self.policy.delay(failures + throttles, exc.throttled, exc.retry_after))
-            except NotFound as exc:
-                # Not the source (that is SourceMissing): a destination upload that vanished,
-                # or a 404 from something on the way. Worth another try from the start.
-                failures += 1
-                if failures > self.policy.retries:
-                    return Outcome(Status.FAILED, 0, attempt, f"{exc} (gave up after {attempt} attempts)")
-                self._retrying(source_key, attempt, exc)
-                await asyncio.sleep(self.policy.delay(failures))
             except StorageError as exc:
                 return Outcome(Status.FAILED, 0, attempt, str(exc))
 
