@@ -165,9 +165,8 @@ async def test_a_body_cut_short_is_an_error_and_the_connection_is_dropped() -> N
     async with scripted_server(handler) as (origin, connections):
         pool = Pool(origin, 5, 5)
         response = await pool.request("GET", "/b/k", {})
-        buffer = bytearray(1000)
         with pytest.raises(HTTPError, match="cut short"):
-            await response.readinto(memoryview(buffer))
+            await response.read_exactly(1000)
         response.release()
         await pool.close()
 
@@ -196,9 +195,9 @@ async def test_large_bodies_without_content_length(framing: str) -> None:
         pool = Pool(origin, 5, 2)
         response = await pool.request("GET", "/b/k", {})
         assert response.content_length is None
-        buffer = bytearray(len(payload))
-        assert await response.readinto(memoryview(buffer)) == len(payload)
-        assert bytes(buffer) == payload
+        body = await response.read_exactly(len(payload))
+        assert len(body) == len(payload)
+        assert bytes(body) == payload
         response.release()
         await pool.close()
 

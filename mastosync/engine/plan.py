@@ -147,14 +147,19 @@ async def learn_sizes(jobs: list[Job], source: Store, destination: Store, need_s
     a second to walk a cold range. Listing is an optimisation: on any error or an
     orphan-heavy range the jobs simply keep asking with HEAD.
     """
+    await asyncio.gather(*(_learn_group(root, group, source, destination, need_source)
+                           for root, group in _by_root(jobs).items()))
+
+
+def _by_root(jobs: list[Job]) -> dict[str, list[Job]]:
+    """The jobs (and their fallbacks) by the key prefix one listing covers."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         group = groups.setdefault(layout.partition_root(job.obj), [])
         group.append(job)
         if job.fallback is not None:  # in the same folder: the same listing tells
             group.append(job.fallback)
-    await asyncio.gather(*(_learn_group(root, group, source, destination, need_source)
-                           for root, group in groups.items()))
+    return groups
 
 
 async def _learn_group(root: str, group: list[Job], source: Store, destination: Store,
@@ -187,16 +192,9 @@ async def learn_sizes_of(jobs: list[Job], store: Store, side: str = "destination
     def key(job: Job) -> str:
         return job.source_key if side == "source" else job.destination_key
 
-    groups: dict[str, list[Job]] = {}
-    for job in jobs:
-        group = groups.setdefault(layout.partition_root(job.obj), [])
-        group.append(job)
-        if job.fallback is not None:
-            group.append(job.fallback)
-
     async def learn(root: str, group: list[Job]) -> None:
         sizes = await _sizes(store, root, [key(j) for j in group], 2 + len(group) // 500)
         for job in group:
             job.known = Known(None, None if sizes is None else sizes.get(key(job), ABSENT))
 
-    await asyncio.gather(*(learn(root, group) for root, group in groups.items()))
+    await asyncio.gather(*(learn(root, group) for root, group in _by_root(jobs).items()))

@@ -99,22 +99,6 @@ class Response:
         """The whole body has been read."""
         return self._raw.content.at_eof()
 
-    async def readinto(self, view: memoryview) -> int:
-        """Fill `view` with the next bytes of the body; short only where the body ends."""
-        filled, want = 0, len(view)
-        content = self._raw.content
-        try:
-            async with asyncio.timeout(self._deadline + want / MIN_RATE):
-                while filled < want:
-                    chunk = await content.read(want - filled)
-                    if not chunk:
-                        break
-                    view[filled:filled + len(chunk)] = chunk
-                    filled += len(chunk)
-        except BaseException as exc:
-            raise _translate(exc, "reading the body") from None
-        return filled
-
     async def read_exactly(self, size: int) -> bytes | bytearray:
         """The next `size` bytes of the body, fewer only where it ends. A body already in
         whole (a small one) is returned as received, not copied again; a larger one is

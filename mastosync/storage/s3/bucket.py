@@ -115,9 +115,8 @@ class Body:
         if len(data) != size:
             raise Transient(f"{self._what}: body truncated: got {len(data)} of {size} bytes")
         if last and not self._response.complete:
-            probe = bytearray(1)
             try:
-                extra = await self._response.readinto(memoryview(probe))
+                extra = await self._response.read_exactly(1)
             except Exception as exc:
                 raise classify(exc, f"{self._what}: reading the body") from None
             if extra:
