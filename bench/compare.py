@@ -69,12 +69,35 @@ def timed(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) 
     """
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status, cpu, peak = wait_measured(proc.pid)
     wall = time.monotonic() - started
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{argv[0]} exited {code}: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, cpu, peak
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """A running process's peak RSS so far (VmHWM), 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def wait_measured(pid: int) -> tuple[int, float, float]:
+    """Wait for a child: (wait status, CPU seconds, peak RSS MB). The peak is VmHWM read while
+    it runs: wait4's ru_maxrss keeps the high-water mark of the forked copy of this process."""
+    peak = 0.0
+    while True:
+        peak = max(peak, vm_hwm_mb(pid))
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return status, usage.ru_utime + usage.ru_stime, peak
+        time.sleep(0.05)
 
 
 def make_instance(count_objects: int, seed: int = 1,

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.compare import wait_measured  # noqa: E402
 from tests.conftest import DB_PASSWORD, DB_USER, MastodonDb, make_db, to_toml  # noqa: E402
 from tests.services.postgres import PostgresServer  # noqa: E402
 
@@ -49,33 +50,17 @@ async def fill(pg: PostgresServer, rows: int) -> MastodonDb:
     return db
 
 
-def vm_hwm_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def dry_run(root: Path, config: Path) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MB, CPU seconds) of `dry-run --all --json > /dev/null` from `root`."""
     with open(os.devnull, "w") as devnull:
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "mastosync", "dry-run", "--all", "--json",
                                  "--config", str(config)], stdout=devnull, cwd=root)
-        peak = 0.0
-        while True:  # VmHWM: wait4's ru_maxrss would keep this process's mark from before exec
-            peak = max(peak, vm_hwm_mb(proc.pid))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.1)
+        status, cpu, peak = wait_measured(proc.pid)
         elapsed = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"dry-run failed with {os.waitstatus_to_exitcode(status)}")
-    return elapsed, peak, usage.ru_utime + usage.ru_stime
+    return elapsed, peak, cpu
 
 
 def main() -> None:

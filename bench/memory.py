@@ -6,7 +6,7 @@ Two `rclone serve s3` servers on directories on disk (not /dev/shm: a source tha
 to read keeps GETs waiting, which is where memory used to pile up), a throwaway
 PostgreSQL, the instance of bench/compare.py (originals log-normal around 100 KB, 1% videos
 of 5-40 MB, each with a small style). For each concurrency, a run onto a fresh bucket;
-prints wall time and peak RSS (wait4's ru_maxrss) of the mastosync process, and of the
+prints wall time and peak RSS (VmHWM, read while it runs) of the mastosync process, and of the
 --baseline checkout's when given. Prints figures only.
 """
 

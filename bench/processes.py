@@ -27,21 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare import Bench, make_instance, seed_db, write_objects  # noqa: E402
+from bench.compare import Bench, make_instance, seed_db, vm_hwm_mb, write_objects  # noqa: E402
 from tests.conftest import to_toml  # noqa: E402
 from tests.services.latencyproxy import LatencyProxy  # noqa: E402
 
 
 def peak_rss_mb(pids: set[int]) -> dict[int, float]:
-    found = {}
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    found[pid] = int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    return found
+    return {pid: peak for pid in pids if (peak := vm_hwm_mb(pid))}
 
 
 class CpuCap:
